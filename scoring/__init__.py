@@ -1,0 +1,1 @@
+"""Candidate generation, online models (River), re-ranking and exploration on plain data."""

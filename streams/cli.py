@@ -1,0 +1,247 @@
+"""`freshrec` — the command line: stack, topics, produce, replay, simulate, worker, demo.
+
+Every command reads the same settings (`FRESHREC_*` environment variables, see README);
+flags override them. Heavy imports (Kafka, numpy, Feast) happen inside the commands so
+`freshrec --help` answers at once.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # 2-thread BLAS spikes small matrix ops
+
+from streams.config import Settings
+from streams.errors import FreshrecError
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=os.environ.get("FRESHREC_LOG_LEVEL", "INFO"),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    overrides = {
+        "kafka_bootstrap_servers": getattr(args, "bootstrap", None),
+        "redis_url": getattr(args, "redis_url", None),
+    }
+    try:
+        settings = Settings.from_env(**overrides)
+        return int(args.func(settings, args) or 0)
+    except FreshrecError as exc:
+        print(f"freshrec: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="freshrec", description=__doc__.split("\n")[0])
+    parser.add_argument("--bootstrap", help="Kafka bootstrap servers (FRESHREC_KAFKA_BOOTSTRAP_SERVERS)")
+    parser.add_argument("--redis-url", help="Redis URL (FRESHREC_REDIS_URL)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    stack = sub.add_parser("stack", help="local Kafka broker + Redis: up | down | status")
+    stack.add_argument("action", choices=["up", "down", "status"])
+    stack.set_defaults(func=cmd_stack)
+
+    topics = sub.add_parser("topics", help="create every topic from the settings")
+    topics.add_argument("action", choices=["create", "list"])
+    topics.set_defaults(func=cmd_topics)
+
+    prod = sub.add_parser("produce", help="send a JSON-lines file to a topic, keyed by user (or item)")
+    prod.add_argument("file")
+    prod.add_argument("--topic", default=None, help="default: the events topic")
+    prod.add_argument("--key-field", default=None, help="default: user_id (item_id for the items topic)")
+    prod.add_argument("--rate", type=float, default=None, help="messages per second (default: max speed)")
+    prod.set_defaults(func=cmd_produce)
+
+    replay = sub.add_parser("replay", help="replay any dataset as events through a column mapping")
+    replay.add_argument("file")
+    replay.add_argument("--format", choices=["csv", "jsonl"], default=None, help="default: by extension")
+    replay.add_argument(
+        "--map", dest="mapping", required=True,
+        help="e.g. user_id=userId,item_id=movieId,ts=timestamp:s,type=const:rate,value=rating",
+    )  # fmt: skip
+    speed = replay.add_mutually_exclusive_group()
+    speed.add_argument("--rate", type=float, default=None, help="events per second")
+    speed.add_argument("--max-speed", action="store_true", help="as fast as possible (default)")
+    replay.add_argument("--limit", type=int, default=None, help="stop after N rows")
+    replay.set_defaults(func=cmd_replay)
+
+    sim = sub.add_parser("simulate", help="write a synthetic, realistic event stream (seeded)")
+    sim.add_argument("--out", default="out/sim", help="folder for events.jsonl and items.jsonl")
+    sim.add_argument("--users", type=int, default=10_000)
+    sim.add_argument("--items", type=int, default=2_000)
+    sim.add_argument("--events", type=int, default=200_000)
+    sim.add_argument("--seed", type=int, default=42)
+    sim.add_argument("--rate-share", type=float, default=0.0, help="share of `rate` events")
+    sim.add_argument("--produce", action="store_true", help="also send items and events to Kafka")
+    sim.set_defaults(func=cmd_simulate)
+
+    worker = sub.add_parser("worker", help="run the streaming worker until SIGTERM/SIGINT")
+    worker.add_argument("--group", default=None, help="consumer group (FRESHREC_GROUP_ID)")
+    worker.add_argument("--max-events", type=int, default=None, help="stop after N valid events")
+    worker.add_argument("--idle-timeout", type=float, default=None, help="stop after N s without input")
+    worker.set_defaults(func=cmd_worker)
+
+    demo = sub.add_parser("demo", help="stack up, topics, simulated events replayed, worker running")
+    demo.add_argument("--users", type=int, default=5_000)
+    demo.add_argument("--items", type=int, default=1_000)
+    demo.add_argument("--events", type=int, default=100_000)
+    demo.add_argument("--seed", type=int, default=42)
+    demo.add_argument("--exit-when-done", action="store_true", help="stop the worker once caught up")
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+# ---------------------------------------------------------------------- commands
+def cmd_stack(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.stack import LocalStack
+
+    stack = LocalStack(settings)
+    if args.action == "up":
+        for line in stack.up():
+            print(line)
+    elif args.action == "down":
+        for line in stack.down():
+            print(line)
+    statuses = stack.status()
+    if args.action in ("up", "status"):
+        for status in statuses:
+            print(status.line())
+    return 0 if args.action == "down" or all(s.running for s in statuses) else 1
+
+
+def cmd_topics(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.kafka_io import admin, create_topics, topic_specs
+
+    if args.action == "create":
+        for name, state in create_topics(settings).items():
+            print(f"{name:<24} {state}")
+        return 0
+    metadata = admin(settings).list_topics(timeout=10).topics
+    for spec in topic_specs(settings):
+        found = metadata.get(spec.name)
+        parts = len(found.partitions) if found is not None else 0
+        print(f"{spec.name:<24} {'present' if found else 'missing':<8} partitions={parts}")
+    return 0
+
+
+def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.ingest import lines_of, produce
+
+    topic = args.topic or settings.topic_events
+    key_field = args.key_field or ("item_id" if topic == settings.topic_items else "user_id")
+    with _progress(_count_lines(args.file), f"produce -> {topic}") as bar:
+        report = produce(settings, topic, lines_of(args.file, key_field), rate=args.rate, progress=bar)
+    print(f"sent {report.sent} messages to {topic} in {report.seconds:.1f} s ({report.rate:,.0f}/s)")
+    return 0
+
+
+def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.ingest import encode_rows, produce
+    from streams.mapping import ColumnMapping, RowError, count_rows, iter_numbered_rows
+
+    fmt = args.format or ("csv" if args.file.endswith((".csv", ".csv.gz")) else "jsonl")
+    mapping = ColumnMapping.parse(args.mapping)
+    total = count_rows(args.file, fmt)
+    if args.limit is not None:
+        total = min(total, args.limit)
+    unmapped: list[RowError] = []
+
+    def mapped_rows():  # type: ignore[no-untyped-def]
+        for n, (line, row) in enumerate(iter_numbered_rows(args.file, fmt)):
+            if args.limit is not None and n >= args.limit:
+                return
+            try:
+                yield from mapping.events(row, row_number=line)
+            except RowError as exc:
+                unmapped.append(exc)
+                if len(unmapped) <= 10:
+                    print(f"freshrec replay: not sent: {exc}", file=sys.stderr)
+
+    with _progress(total, f"replay -> {settings.topic_events}") as bar:
+        report = produce(settings, settings.topic_events, encode_rows(mapped_rows(), "user_id"),
+                         rate=args.rate, progress=bar)  # fmt: skip
+    note = f"; {len(unmapped)} rows could not be mapped (first ones above)" if unmapped else ""
+    print(f"replayed {report.sent} events in {report.seconds:.1f} s ({report.rate:,.0f}/s){note}")
+    return 1 if unmapped else 0
+
+
+def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.simulate import SimulationConfig, simulate_to_files
+
+    cfg = SimulationConfig(
+        seed=args.seed, users=args.users, items=args.items, events=args.events, rate_share=args.rate_share
+    )
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    events_path, items_path = out / "events.jsonl", out / "items.jsonl"
+    counts = simulate_to_files(cfg, events_path, items_path, progress=True)
+    print(f"wrote {counts} to {events_path} and {items_path}")
+    if args.produce:
+        _produce_files(settings, events_path, items_path)
+    return 0
+
+
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.worker import Worker
+
+    if args.group:
+        settings = dataclasses.replace(settings, group_id=args.group)
+    handler = _make_handler(settings)
+    worker = Worker(settings, handler)
+    worker.install_signal_handlers()
+    logging.getLogger("freshrec").info(
+        "worker consuming %s and %s as group %s from %s",
+        settings.topic_events, settings.topic_items, settings.group_id, settings.kafka_bootstrap_servers,
+    )  # fmt: skip
+    stats = worker.run(max_events=args.max_events, idle_timeout_s=args.idle_timeout)
+    print(f"worker stopped: {stats.events} events, {stats.rejected} dead-lettered, {stats.batches} batches")
+    return 0
+
+
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.demo import run_demo
+
+    return run_demo(settings, args)
+
+
+# ---------------------------------------------------------------------- helpers
+def _make_handler(settings: Settings):  # type: ignore[no-untyped-def]
+    from streams.worker import CountingHandler
+
+    return CountingHandler()
+
+
+def _produce_files(settings: Settings, events_path: Path, items_path: Path) -> None:
+    from streams.ingest import lines_of, produce
+
+    for path, topic, key in ((items_path, settings.topic_items, "item_id"),
+                             (events_path, settings.topic_events, "user_id")):  # fmt: skip
+        with _progress(_count_lines(str(path)), f"produce -> {topic}") as bar:
+            report = produce(settings, topic, lines_of(str(path), key), progress=bar)
+        print(f"sent {report.sent} messages to {topic} ({report.rate:,.0f}/s)")
+
+
+def _count_lines(path: str) -> int:
+    with open(path, "rb") as fh:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
+
+
+def _progress(total: int, desc: str):  # type: ignore[no-untyped-def]
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="msg", unit_scale=True, disable=None, file=sys.stderr)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,94 @@
+"""One frozen settings object, built once at start-up from `FRESHREC_*` variables.
+
+Every field can be set with an environment variable named `FRESHREC_` + the field name in
+upper case; tuples take comma-separated values. `profiles/` and `scoring/` never read the
+environment: the worker passes what they need as arguments.
+
+>>> s = Settings.from_env({"FRESHREC_PARTITIONS": "8", "FRESHREC_HALF_LIVES_S": "60,3600"})
+>>> s.partitions, s.half_lives_s, s.topic_events
+(8, (60.0, 3600.0), 'events')
+>>> Settings.from_env({"FRESHREC_PARTITIONS": "many"})
+Traceback (most recent call last):
+...
+streams.errors.ConfigError: FRESHREC_PARTITIONS='many': expected an integer
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+from urllib.parse import urlparse
+
+from streams.errors import ConfigError
+
+ENV_PREFIX = "FRESHREC_"
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    """Everything the worker and the tools can be configured with (see README table)."""
+
+    kafka_bootstrap_servers: str = "127.0.0.1:9092"
+    redis_url: str = "redis://127.0.0.1:6379/0"
+    topic_events: str = "events"
+    topic_items: str = "items"
+    topic_recommendations: str = "recommendations"
+    topic_dlq: str = "events.dlq"
+    partitions: int = 4
+    replication_factor: int = 1
+    events_retention_ms: int = 7 * 24 * 3600 * 1000
+    group_id: str = "freshrec-worker"
+    batch_max_events: int = 2000
+    batch_max_wait_ms: int = 20
+    half_lives_s: tuple[float, ...] = (3600.0, 86400.0, 604800.0)
+    session_gap_s: float = 1800.0
+    feast_project: str = "freshrec"
+    top_k: int = 10
+    metrics_port: int = 9400
+    stack_dir: str = ".stack"
+    kafka_controller_port: int = 9093
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Defaults, then `FRESHREC_*` variables, then explicit keyword overrides."""
+        env = os.environ if environ is None else environ
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            name = ENV_PREFIX + f.name.upper()
+            if name in env:
+                values[f.name] = _parse(name, env[name], f.default)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return dataclasses.replace(cls(), **values)
+
+    @property
+    def kafka_port(self) -> int:
+        """The port of the first bootstrap server (the one the local stack binds)."""
+        return int(self.kafka_bootstrap_servers.split(",")[0].rsplit(":", 1)[1])
+
+    @property
+    def redis_port(self) -> int:
+        """The port in `redis_url` (6379 when the URL names none)."""
+        return urlparse(self.redis_url).port or 6379
+
+    def all_topics(self) -> tuple[str, ...]:
+        """Every topic freshrec reads or writes."""
+        return (self.topic_events, self.topic_items, self.topic_recommendations, self.topic_dlq)
+
+
+def _parse(name: str, raw: str, default: Any) -> Any:
+    try:
+        if isinstance(default, bool):
+            return raw.strip().lower() in {"1", "true", "yes", "on"}
+        if isinstance(default, int):
+            return int(raw)
+        if isinstance(default, float):
+            return float(raw)
+        if isinstance(default, tuple):
+            return tuple(float(part) for part in raw.split(",") if part.strip())
+    except ValueError:
+        kind = {int: "an integer", float: "a number", tuple: "comma-separated numbers"}
+        raise ConfigError(f"{name}={raw!r}: expected {kind[type(default)]}") from None
+    return raw

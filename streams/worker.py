@@ -1,0 +1,280 @@
+"""The worker: consume `events` (and `items`) in micro-batches, decode, dead-letter the bad
+messages, hand each batch on, and commit offsets only after the batch is fully handled.
+
+The hot loop runs on confluent-kafka (see README, "Why the hot loop is not a Faust agent").
+Exactly-once effects come from the handler: it writes a batch's updates and each partition's
+last applied offset to Redis atomically, so a batch re-delivered after a crash is skipped.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+
+from profiles.events import Event, ForgetUser, Item
+from streams.config import Settings
+from streams.contract import decode_event, decode_item
+from streams.errors import Coordinates, DecodeError, FreshrecError
+from streams.kafka_io import make_consumer, make_producer
+
+log = logging.getLogger("freshrec.worker")
+
+TopicPartitionKey = tuple[str, int]
+
+
+@dataclass(slots=True)
+class DecodedBatch:
+    """One micro-batch after decoding, in consumption order per partition.
+
+    `offsets` spans every message of the batch (bad ones included), so the handler can fence
+    exactly what it applied: (topic, partition) -> (first offset, last offset).
+    """
+
+    events: list[Event] = field(default_factory=list)
+    event_coords: list[Coordinates] = field(default_factory=list)
+    forgets: list[tuple[ForgetUser, Coordinates]] = field(default_factory=list)
+    items: list[Item] = field(default_factory=list)
+    offsets: dict[TopicPartitionKey, tuple[int, int]] = field(default_factory=dict)
+    rejected: int = 0
+
+    def __len__(self) -> int:
+        return len(self.events) + len(self.forgets) + len(self.items)
+
+
+class BatchHandler(Protocol):
+    """What the worker hands decoded batches to (profiles + scoring, or a test recorder)."""
+
+    def on_assign(self, partitions: list[TopicPartitionKey]) -> None: ...
+
+    def on_revoke(self, partitions: list[TopicPartitionKey]) -> None: ...
+
+    def handle(self, batch: DecodedBatch) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class CountingHandler:
+    """A handler that only counts: the worker's I/O alone (used by tests and benchmarks)."""
+
+    def __init__(self) -> None:
+        self.events = 0
+        self.items = 0
+        self.forgets = 0
+        self.seen_event_ids: list[str] | None = None
+
+    def record_ids(self) -> CountingHandler:
+        self.seen_event_ids = []
+        return self
+
+    def on_assign(self, partitions: list[TopicPartitionKey]) -> None:
+        return None
+
+    def on_revoke(self, partitions: list[TopicPartitionKey]) -> None:
+        return None
+
+    def handle(self, batch: DecodedBatch) -> None:
+        self.events += len(batch.events)
+        self.items += len(batch.items)
+        self.forgets += len(batch.forgets)
+        if self.seen_event_ids is not None:
+            self.seen_event_ids.extend(e.event_id for e in batch.events)
+
+    def close(self) -> None:
+        return None
+
+
+@dataclass(slots=True)
+class WorkerStats:
+    batches: int = 0
+    messages: int = 0
+    events: int = 0
+    rejected: int = 0
+    retries: int = 0
+    last_batch_size: int = 0
+    started_at: float = field(default_factory=time.monotonic)
+
+
+class Worker:
+    """Consume, decode, dead-letter, handle, commit — until stopped."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        handler: BatchHandler,
+        *,
+        group_id: str | None = None,
+        consumer: Consumer | None = None,
+        dlq_producer: Producer | None = None,
+        on_batch: Callable[[DecodedBatch, WorkerStats], None] | None = None,
+    ) -> None:
+        self.settings = settings
+        self.handler = handler
+        self.consumer = consumer or make_consumer(settings, group_id)
+        self.dlq = dlq_producer or make_producer(settings, **{"linger.ms": 0})
+        self.on_batch = on_batch
+        self.stats = WorkerStats()
+        self._stop = threading.Event()
+        self._dlq_failures: list[str] = []
+        self._pending_commit: dict[TopicPartitionKey, int] = {}
+
+    # ------------------------------------------------------------------ control
+    def stop(self) -> None:
+        """Ask the loop to finish the current batch, commit, and leave the group."""
+        self._stop.set()
+
+    def install_signal_handlers(self) -> None:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop())
+
+    def run(self, *, max_events: int | None = None, idle_timeout_s: float | None = None) -> WorkerStats:
+        """Run until `stop()`, a signal, `max_events` valid events, or `idle_timeout_s` of silence."""
+        s = self.settings
+        self.consumer.subscribe(
+            [s.topic_events, s.topic_items], on_assign=self._assigned, on_revoke=self._revoked,
+            on_lost=self._revoked,
+        )  # fmt: skip
+        last_message = time.monotonic()
+        try:
+            while not self._stop.is_set():
+                messages = self.consumer.consume(s.batch_max_events, s.batch_max_wait_ms / 1000.0)
+                if not messages:
+                    if idle_timeout_s is not None and time.monotonic() - last_message > idle_timeout_s:
+                        break
+                    continue
+                last_message = time.monotonic()
+                batch = self._decode(messages)
+                self._handle_with_retry(batch)
+                self._commit(batch)
+                if self.on_batch is not None:
+                    self.on_batch(batch, self.stats)
+                if max_events is not None and self.stats.events >= max_events:
+                    break
+        finally:
+            self._close()
+        return self.stats
+
+    # ------------------------------------------------------------------ steps
+    def _decode(self, messages: Iterable[Message]) -> DecodedBatch:
+        batch = DecodedBatch()
+        s = self.settings
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.code() != KafkaError._PARTITION_EOF:
+                    log.warning("consumer error: %s", err)
+                continue
+            topic, partition, offset = msg.topic(), msg.partition(), msg.offset()
+            key = (topic, partition)
+            first = batch.offsets.get(key, (offset, offset))[0]
+            batch.offsets[key] = (first, offset)
+            where = Coordinates(topic, partition, offset)
+            try:
+                if topic == s.topic_items:
+                    if msg.value() is not None:  # a tombstone deletes nothing we keep yet
+                        batch.items.append(decode_item(msg.value(), where))
+                    continue
+                decoded = decode_event(msg.value(), where)
+            except DecodeError as exc:
+                self._dead_letter(msg, exc)
+                batch.rejected += 1
+                continue
+            if isinstance(decoded, ForgetUser):
+                batch.forgets.append((decoded, where))
+            else:
+                batch.events.append(decoded)
+                batch.event_coords.append(where)
+        self.stats.batches += 1
+        self.stats.messages += sum(last - first + 1 for first, last in batch.offsets.values())
+        self.stats.events += len(batch.events)
+        self.stats.rejected += batch.rejected
+        self.stats.last_batch_size = len(batch)
+        return batch
+
+    def _dead_letter(self, msg: Message, exc: DecodeError) -> None:
+        log.warning("dead-lettered %s", exc)
+        headers = [
+            ("freshrec.error", str(exc).encode()),
+            ("freshrec.field", exc.field.encode()),
+            ("freshrec.reason", exc.reason.encode()),
+            ("freshrec.source.topic", exc.where.topic.encode()),
+            ("freshrec.source.partition", str(exc.where.partition).encode()),
+            ("freshrec.source.offset", str(exc.where.offset).encode()),
+        ]
+        self.dlq.produce(
+            self.settings.topic_dlq, value=msg.value(), key=msg.key(), headers=headers,
+            on_delivery=self._dlq_delivered,
+        )  # fmt: skip
+        self.dlq.poll(0)
+
+    def _dlq_delivered(self, err: KafkaError | None, msg: Message) -> None:
+        if err is not None:
+            self._dlq_failures.append(str(err))
+
+    def _handle_with_retry(self, batch: DecodedBatch) -> None:
+        delay = 0.1
+        while True:
+            try:
+                self.handler.handle(batch)
+                return
+            except FreshrecError:
+                raise
+            except (ConnectionError, TimeoutError, OSError) as exc:
+                # Redis (or another dependency) is unreachable: retry the same batch, never skip it.
+                self.stats.retries += 1
+                log.error("handling a batch failed (%s); retrying in %.1f s", exc, delay)
+                if self._stop.wait(delay):
+                    raise
+                delay = min(delay * 2, 10.0)
+
+    def _commit(self, batch: DecodedBatch) -> None:
+        if batch.rejected:
+            remaining = self.dlq.flush(30.0)
+            if remaining or self._dlq_failures:
+                raise FreshrecError(
+                    f"dead-letter topic {self.settings.topic_dlq!r} did not confirm "
+                    f"{remaining} messages ({'; '.join(self._dlq_failures[:3])}); not committing"
+                )
+        offsets = [TopicPartition(t, p, last + 1) for (t, p), (_, last) in batch.offsets.items()]
+        if offsets:
+            self.consumer.commit(offsets=offsets, asynchronous=True)
+            for tp in offsets:
+                self._pending_commit[(tp.topic, tp.partition)] = tp.offset
+
+    # ------------------------------------------------------------------ rebalance
+    def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        self.handler.on_assign([(tp.topic, tp.partition) for tp in partitions])
+
+    def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        self._commit_pending(keys)
+        self.handler.on_revoke(keys)
+
+    def _commit_pending(self, keys: list[TopicPartitionKey] | None = None) -> None:
+        """Synchronously commit what was applied (on revoke and on close)."""
+        wanted = set(self._pending_commit if keys is None else keys)
+        chosen = {k: v for k, v in self._pending_commit.items() if k in wanted}
+        if not chosen:
+            return
+        try:
+            self.consumer.commit(
+                offsets=[TopicPartition(t, p, off) for (t, p), off in chosen.items()],
+                asynchronous=False,
+            )
+        except KafkaException as exc:
+            # Safe: the Redis offset fence skips whatever is re-delivered.
+            log.warning("committing offsets failed: %s", exc)
+        for key in chosen:
+            self._pending_commit.pop(key, None)
+
+    def _close(self) -> None:
+        self.dlq.flush(30.0)
+        self._commit_pending()
+        self.consumer.close()
+        self.handler.close()
