@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import time
 import uuid
+from pathlib import Path
 
 from confluent_kafka import Consumer, Message
 
@@ -33,3 +35,16 @@ def read_topic(settings: Settings, topic: str, expect: int, timeout_s: float = 6
     finally:
         consumer.close()
     return out
+
+
+def shared_data_dir() -> Path:
+    """`../shared/data` beside the checkout (CI and developers), or `FRESHREC_SHARED_DATA`."""
+    override = os.environ.get("FRESHREC_SHARED_DATA")
+    if override:
+        return Path(override)
+    repo = Path(__file__).resolve().parents[1]
+    for base in (repo.parent, *repo.parents, Path("/work")):
+        candidate = base / "shared" / "data"
+        if candidate.is_dir():
+            return candidate
+    raise FileNotFoundError("../shared/data not found beside the checkout; set FRESHREC_SHARED_DATA")

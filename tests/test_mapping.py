@@ -24,8 +24,9 @@ from streams.mapping import (
     iter_numbered_rows,
     iter_rows,
 )
+from tests.helpers import shared_data_dir
 
-DATA = Path("/work/shared/data")
+DATA = shared_data_dir()
 RATINGS = DATA / "ml-latest-small" / "ratings.csv"
 OTTO = DATA / "otto-sample" / "train.jsonl"
 ML_SPEC = "user_id=userId,item_id=movieId,ts=timestamp:s,type=const:rate,value=rating"

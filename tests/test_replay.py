@@ -4,18 +4,17 @@ from __future__ import annotations
 
 import csv
 import json
-from pathlib import Path
 
 import pytest
 
 from streams.cli import main
 from streams.contract import decode_event
 from streams.errors import Coordinates, DecodeError
-from tests.helpers import read_topic
+from tests.helpers import read_topic, shared_data_dir
 
 pytestmark = pytest.mark.stack
 
-RATINGS = Path(__file__).resolve().parents[2] / "shared" / "data" / "ml-latest-small" / "ratings.csv"
+RATINGS = shared_data_dir() / "ml-latest-small" / "ratings.csv"
 ML_MAP = "user_id=userId,item_id=movieId,ts=timestamp:s,type=const:rate,value=rating"
 
 
