@@ -82,8 +82,18 @@ def settings(stack_endpoints: tuple[str, str], request: pytest.FixtureRequest) -
     return s
 
 
-@pytest.fixture
-def redis_client(settings: Settings) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(settings.redis_url)
+@pytest.fixture(scope="session")
+def redis_url(stack_endpoints: tuple[str, str]) -> str:
+    return stack_endpoints[1]
+
+
+@pytest.fixture(scope="session")
+def redis_conn(redis_url: str) -> Iterator[redis.Redis]:
+    """A client of the session's real Redis; fails (never skips) when it does not answer."""
+    client = redis.Redis.from_url(redis_url)
+    try:
+        client.ping()
+    except redis.RedisError as exc:
+        pytest.fail(f"Redis at {redis_url} does not answer ({exc}); run `freshrec stack up` or set REDIS_URL")
     yield client
     client.close()

@@ -1,0 +1,327 @@
+"""Apply micro-batches of events to user and item profiles, effectively once.
+
+`ProfileUpdater.apply(...)` takes one decoded micro-batch and writes its effect with ONE
+`RedisFeatureStore.apply_batch` call (one EVALSHA: user hashes in Feast's format, seen
+sets, item stats, co-visitation, and each partition's last applied offset, atomically).
+
+Exactly-once effects: the updater keeps the last applied offset of each owned partition
+(read from Redis when the partition is assigned) and drops re-delivered events at or
+below it; the store refuses a batch whose fence moved meanwhile (another worker applied
+it), and the updater then reloads and recomputes. User states are cached per owned
+partition (one worker owns a user at a time) and dropped on revoke or on any failure, so a
+rebalance or an error never serves a stale copy.
+
+Forget requests split the batch: what precedes is applied, then every key of the user is
+deleted, then the rest is applied. Item aggregates (popularity, co-visitation) are not
+personal data and keep the forgotten user's past contributions.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import OrderedDict
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+from profiles.covisitation import covisit_pairs
+from profiles.embeddings import item_vector
+from profiles.events import Event, ForgetUser, Item
+from profiles.store import Partition, RedisFeatureStore
+from profiles.user_state import ProfileConfig, UserState
+
+log = logging.getLogger("freshrec.profiles")
+
+Coords = tuple[str, int, int]  # topic, partition, offset
+
+
+@dataclass(frozen=True, slots=True)
+class ItemMeta:
+    """What a user update needs to know about an item: categories and unit vector."""
+
+    categories: tuple[str, ...]
+    vector: NDArray[np.float32]
+
+
+@dataclass(slots=True)
+class BatchOutcome:
+    """What one `apply` did: the users whose profile changed (in first-seen order)."""
+
+    changed_users: list[str] = field(default_factory=list)
+    applied_events: int = 0
+    skipped_events: int = 0
+    forgotten: list[str] = field(default_factory=list)
+    store_calls: int = 0
+    retries: int = 0
+
+
+class ItemCatalog:
+    """A bounded LRU of item categories + vectors, filled from the catalog topic or Redis."""
+
+    def __init__(self, dim: int, capacity: int = 500_000) -> None:
+        self.dim = dim
+        self.capacity = capacity
+        self._meta: OrderedDict[str, ItemMeta] = OrderedDict()
+
+    def get(self, item_id: str) -> ItemMeta | None:
+        meta = self._meta.get(item_id)
+        if meta is not None:
+            self._meta.move_to_end(item_id)
+        return meta
+
+    def put(self, item_id: str, meta: ItemMeta) -> None:
+        self._meta[item_id] = meta
+        self._meta.move_to_end(item_id)
+        while len(self._meta) > self.capacity:
+            self._meta.popitem(last=False)
+
+    def from_item(self, item: Item) -> ItemMeta:
+        meta = ItemMeta(item.categories, item_vector(item, item.item_id, self.dim))
+        self.put(item.item_id, meta)
+        return meta
+
+    def unknown(self, item_id: str) -> ItemMeta:
+        """An item with no catalog entry yet: no categories, a vector from its id."""
+        meta = ItemMeta((), item_vector(None, item_id, self.dim))
+        self.put(item_id, meta)
+        return meta
+
+    def __len__(self) -> int:
+        return len(self._meta)
+
+
+class ProfileUpdater:
+    """Owns the user-state cache and the offset fences of the partitions assigned to it."""
+
+    def __init__(self, store: RedisFeatureStore, config: ProfileConfig | None = None) -> None:
+        self.store = store
+        self.config = config or store.config
+        self.catalog = ItemCatalog(self.config.embedding_dim)
+        self._users: dict[Partition, dict[str, UserState]] = {}
+        self._fences: dict[Partition, int] = {}
+
+    # ------------------------------------------------------------------ ownership
+    def assign(self, partitions: Iterable[Partition]) -> None:
+        """Take ownership: read each partition's last applied offset from Redis."""
+        stored = self.store.read_offsets()
+        for p in partitions:
+            self._fences[p] = stored.get(p, -1)
+            self._users[p] = {}
+
+    def revoke(self, partitions: Iterable[Partition]) -> None:
+        """Give up ownership: forget the cached users and the fence of each partition."""
+        for p in partitions:
+            self._users.pop(p, None)
+            self._fences.pop(p, None)
+
+    def cached_users(self) -> int:
+        return sum(len(users) for users in self._users.values())
+
+    # ------------------------------------------------------------------ catalog
+    def add_items(self, items: Sequence[Item], ts: float) -> None:
+        """Catalog records: cache their vectors and write them to the item_vectors view."""
+        rows = []
+        for item in items:
+            meta = self.catalog.from_item(item)
+            rows.append((item.item_id, meta.vector, meta.categories, item.title))
+        if rows:
+            self.store.write_items(rows, ts=ts)
+
+    # ------------------------------------------------------------------ batches
+    def apply(
+        self,
+        events: Sequence[Event],
+        coords: Sequence[Coords],
+        offsets: Mapping[Partition, tuple[int, int]],
+        forgets: Sequence[tuple[ForgetUser, Coords]] = (),
+    ) -> BatchOutcome:
+        """Apply one micro-batch (events in consumption order, with their coordinates).
+
+        `offsets` spans every message of the batch per partition (dead-lettered ones too),
+        so the fence advances past them as well.
+        """
+        outcome = BatchOutcome()
+        ranges = self._unapplied_ranges(offsets)
+        live = [i for i, c in enumerate(coords) if _inside(c, ranges)]
+        outcome.skipped_events = len(events) - len(live)
+        cursor = {p: first for p, (first, _) in ranges.items()}
+        # Split at each forget request: [its partition's events before it] -> forget -> rest.
+        for forget, where in sorted((f for f in forgets if _inside(f[1], ranges)), key=lambda f: f[1]):
+            p, at = (where[0], where[1]), where[2]
+            before = [i for i in live if (coords[i][0], coords[i][1]) == p and coords[i][2] < at]
+            if at > cursor[p]:
+                self._apply_segment(events, coords, before, {p: (cursor[p], at - 1)}, outcome)
+            self.store.forget_user(forget.user_id, fence=(p, at))
+            self._users.get(p, {}).pop(forget.user_id, None)
+            outcome.forgotten.append(forget.user_id)
+            cursor[p] = at + 1
+            taken = set(before)
+            live = [i for i in live if i not in taken]
+        rest = {p: (cursor[p], last) for p, (_, last) in ranges.items() if last >= cursor[p]}
+        self._apply_segment(events, coords, live, rest, outcome)
+        for p, (_, last) in ranges.items():
+            self._fences[p] = max(self._fences.get(p, -1), last)
+        outcome.changed_users = list(dict.fromkeys(outcome.changed_users))
+        return outcome
+
+    def _unapplied_ranges(
+        self, offsets: Mapping[Partition, tuple[int, int]]
+    ) -> dict[Partition, tuple[int, int]]:
+        ranges: dict[Partition, tuple[int, int]] = {}
+        for p, (first, last) in offsets.items():
+            fence = self._fences.get(p)
+            if fence is None:  # not assigned through `assign` (e.g. a test): read it once
+                self.assign([p])
+                fence = self._fences[p]
+            if last > fence:
+                ranges[p] = (max(first, fence + 1), last)
+        return ranges
+
+    def _apply_segment(
+        self,
+        all_events: Sequence[Event],
+        all_coords: Sequence[Coords],
+        indices: Sequence[int],
+        ranges: Mapping[Partition, tuple[int, int]],
+        outcome: BatchOutcome,
+    ) -> None:
+        if not ranges:
+            return
+        events = [all_events[i] for i in indices]
+        coords = [all_coords[i] for i in indices]
+        for attempt in range(3):
+            try:
+                result = self._compute_and_write(events, coords, ranges, outcome)
+            except BaseException:
+                self._drop_users(coords)
+                raise
+            if result:
+                return
+            # The fence refused: someone else applied part of this. Reload and recompute.
+            outcome.retries += 1
+            self._drop_users(coords)
+            stored = self.store.read_offsets()
+            log.warning("offset fence refused a batch (attempt %d); stored offsets %s", attempt + 1, stored)
+            for p in ranges:
+                self._fences[p] = stored.get(p, -1)
+            keep = [i for i, c in enumerate(coords) if c[2] > self._fences[(c[0], c[1])]]
+            events = [events[i] for i in keep]
+            coords = [coords[i] for i in keep]
+            ranges = {p: (max(f, self._fences[p] + 1), last) for p, (f, last) in ranges.items()
+                      if last > self._fences[p]}  # fmt: skip
+            if not ranges:
+                return
+        raise RuntimeError(f"offset fence kept refusing batch {dict(ranges)}: is another worker writing?")
+
+    def _compute_and_write(
+        self,
+        events: Sequence[Event],
+        coords: Sequence[Coords],
+        ranges: Mapping[Partition, tuple[int, int]],
+        outcome: BatchOutcome,
+    ) -> bool:
+        states = self._states_for(events, coords)
+        metas = self._metas_for(events)
+        item_events: list[tuple[str, str, float, float]] = []
+        covis: list[tuple[str, str, float, float]] = []
+        seen_adds: dict[str, list[str]] = {}
+        changed: dict[str, UserState] = {}
+        for event in events:
+            state = states[event.user_id]
+            partners = state.covisit_partners(event)
+            if partners:
+                covis += covisit_pairs(partners, event.item_id, event.ts, 1.0)
+            meta = metas[event.item_id]
+            is_new = event.item_id not in state.seen_items
+            state.apply(event, meta.categories, meta.vector)
+            if is_new:
+                seen_adds.setdefault(event.user_id, []).append(event.item_id)
+            item_events.append((event.item_id, event.type, event.ts, 1.0))
+            changed[event.user_id] = state
+        store = self.store
+        user_rows = {uid: store.split_user_features(s.to_features()) for uid, s in changed.items()}
+        event_ts = {uid: s.updated_at for uid, s in changed.items()}
+        result = store.apply_batch(
+            partition_offsets=ranges,
+            user_rows=user_rows,
+            event_ts=event_ts,
+            seen_adds=seen_adds,
+            item_events=item_events,
+            covis=covis,
+        )
+        outcome.store_calls += 1
+        if not result.applied:
+            return False
+        outcome.applied_events += len(events)
+        outcome.changed_users.extend(changed)
+        return True
+
+    def _states_for(self, events: Sequence[Event], coords: Sequence[Coords]) -> dict[str, UserState]:
+        states: dict[str, UserState] = {}
+        missing: dict[str, Partition] = {}
+        for event, (topic, partition, _) in zip(events, coords, strict=True):
+            uid = event.user_id
+            if uid in states or uid in missing:
+                continue
+            cache = self._users.setdefault((topic, partition), {})
+            state = cache.get(uid)
+            if state is None:
+                missing[uid] = (topic, partition)
+            else:
+                states[uid] = state
+        if missing:
+            rows = self.store.load_users(missing)
+            seen = self.store.load_seen(uid for uid in missing if uid in rows)
+            for uid, p in missing.items():
+                row = rows.get(uid)
+                if row is None:
+                    state = UserState(uid, self.config)
+                else:
+                    state = UserState.from_features(row, seen.get(uid, set()), self.config, user_id=uid)
+                self._users[p][uid] = state
+                states[uid] = state
+        return states
+
+    def _metas_for(self, events: Sequence[Event]) -> dict[str, ItemMeta]:
+        metas: dict[str, ItemMeta] = {}
+        missing: list[str] = []
+        for event in events:
+            iid = event.item_id
+            if iid in metas:
+                continue
+            meta = self.catalog.get(iid)
+            if meta is None:
+                missing.append(iid)
+                metas[iid] = ItemMeta((), np.zeros(0, np.float32))  # placeholder
+            else:
+                metas[iid] = meta
+        if missing:
+            rows = self.store.load_items(missing)
+            for iid in missing:
+                row = rows.get(iid)
+                vector = None if row is None else row.get("vector")
+                if vector is not None and len(vector) == self.config.embedding_dim:
+                    meta = ItemMeta(tuple(row.get("categories") or ()), np.asarray(vector, np.float32))  # type: ignore[union-attr]
+                    self.catalog.put(iid, meta)
+                else:
+                    meta = self.catalog.unknown(iid)
+                metas[iid] = meta
+        return metas
+
+    def _drop_users(self, coords: Sequence[Coords]) -> None:
+        for p in {(c[0], c[1]) for c in coords}:
+            self._users[p] = {}
+
+
+def user_partition_states(updater: ProfileUpdater) -> Mapping[Partition, Mapping[str, Any]]:
+    """Read-only view of the cached users per partition (for tests and status)."""
+    return {p: dict(users) for p, users in updater._users.items()}
+
+
+def _inside(where: Coords, ranges: Mapping[Partition, tuple[int, int]]) -> bool:
+    """Whether a message's offset lies in its partition's unapplied range."""
+    span = ranges.get((where[0], where[1]))
+    return span is not None and span[0] <= where[2] <= span[1]
