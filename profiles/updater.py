@@ -225,6 +225,7 @@ class ProfileUpdater:
     ) -> bool:
         states = self._states_for(events, coords)
         metas = self._metas_for(events)
+        weights = self.config.type_weights
         item_events: list[tuple[str, str, float, float]] = []
         covis: list[tuple[str, str, float, float]] = []
         seen_adds: dict[str, list[str]] = {}
@@ -233,7 +234,7 @@ class ProfileUpdater:
             state = states[event.user_id]
             partners = state.covisit_partners(event)
             if partners:
-                covis += covisit_pairs(partners, event.item_id, event.ts, 1.0)
+                covis += covisit_pairs(partners, event.item_id, event.ts, weights[event.type])
             meta = metas[event.item_id]
             is_new = event.item_id not in state.seen_items
             state.apply(event, meta.categories, meta.vector)

@@ -217,9 +217,9 @@ def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
 
 # ---------------------------------------------------------------------- helpers
 def _make_handler(settings: Settings):  # type: ignore[no-untyped-def]
-    from streams.worker import CountingHandler
+    from streams.handlers import ProfileHandler
 
-    return CountingHandler()
+    return ProfileHandler(settings)
 
 
 def _produce_files(settings: Settings, events_path: Path, items_path: Path) -> None:

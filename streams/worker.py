@@ -225,7 +225,7 @@ class Worker:
                 return
             except FreshrecError:
                 raise
-            except (ConnectionError, TimeoutError, OSError) as exc:
+            except (ConnectionError, TimeoutError, *getattr(self.handler, "transient_errors", ())) as exc:
                 # Redis (or another dependency) is unreachable: retry the same batch, never skip it.
                 self.stats.retries += 1
                 log.error("handling a batch failed (%s); retrying in %.1f s", exc, delay)

@@ -1,0 +1,93 @@
+"""What the worker hands its micro-batches to: the profile updater (and, later, scoring)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import redis
+
+from profiles.events import Item
+from profiles.store import RedisFeatureStore
+from profiles.updater import BatchOutcome, ProfileUpdater
+from profiles.user_state import ProfileConfig
+from streams.config import Settings
+from streams.worker import DecodedBatch, TopicPartitionKey
+
+log = logging.getLogger("freshrec.handler")
+
+
+def profile_config(settings: Settings) -> ProfileConfig:
+    """The profile math's configuration, from the settings (profiles/ never reads env)."""
+    return ProfileConfig(half_lives_s=settings.half_lives_s, session_gap_s=settings.session_gap_s)
+
+
+def make_store(settings: Settings, client: redis.Redis | None = None) -> RedisFeatureStore:
+    """The Redis feature store for these settings (Feast project, consumer group)."""
+    return RedisFeatureStore(
+        client or redis.Redis.from_url(settings.redis_url, socket_timeout=30, health_check_interval=30),
+        config=profile_config(settings),
+        project=settings.feast_project,
+        namespace=settings.feast_project,  # non-Feast keys (seen, covis, offsets) share its prefix
+        group=settings.group_id,
+    )
+
+
+@dataclass(slots=True)
+class HandlerStats:
+    applied_events: int = 0
+    skipped_events: int = 0
+    changed_users: int = 0
+    forgotten: int = 0
+    fence_retries: int = 0
+    last_outcome: BatchOutcome | None = None
+    redis_seconds: list[float] = field(default_factory=list)
+
+
+class ProfileHandler:
+    """Applies each batch's catalog records and events to the profiles in Redis."""
+
+    def __init__(self, settings: Settings, store: RedisFeatureStore | None = None) -> None:
+        self.settings = settings
+        self.store = store or make_store(settings)
+        self.updater = ProfileUpdater(self.store)
+        self.stats = HandlerStats()
+
+    def on_assign(self, partitions: list[TopicPartitionKey]) -> None:
+        events = [p for p in partitions if p[0] == self.settings.topic_events]
+        if events:
+            self.updater.assign(events)
+            log.info("assigned %s", events)
+
+    def on_revoke(self, partitions: list[TopicPartitionKey]) -> None:
+        self.updater.revoke(partitions)
+        log.info("revoked %s", partitions)
+
+    def handle(self, batch: DecodedBatch) -> None:
+        by_time: dict[float, list[Item]] = {}
+        for item in batch.items:  # catalog records first: this batch's events may need them
+            by_time.setdefault(item.created_at or 0.0, []).append(item)
+        for ts, items in by_time.items():
+            self.updater.add_items(items, ts=ts)
+        offsets = {p: span for p, span in batch.offsets.items() if p[0] == self.settings.topic_events}
+        if not offsets:
+            return
+        coords = [(c.topic, c.partition, c.offset) for c in batch.event_coords]
+        forgets = [(f, (c.topic, c.partition, c.offset)) for f, c in batch.forgets]
+        started = time.perf_counter()
+        outcome = self.updater.apply(batch.events, coords, offsets, forgets)
+        self.stats.redis_seconds.append(time.perf_counter() - started)
+        del self.stats.redis_seconds[:-1000]
+        self.stats.applied_events += outcome.applied_events
+        self.stats.skipped_events += outcome.skipped_events
+        self.stats.changed_users += len(outcome.changed_users)
+        self.stats.forgotten += len(outcome.forgotten)
+        self.stats.fence_retries += outcome.retries
+        self.stats.last_outcome = outcome
+
+    #: errors after which the worker retries the same batch (with backoff) instead of failing
+    transient_errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
+
+    def close(self) -> None:
+        self.store.client.close()
