@@ -426,6 +426,15 @@ class RedisFeatureStore:
             uid: {m.decode("utf-8") for m in members} for uid, members in zip(unique, replies, strict=True)
         }
 
+    def items_present(self, item_ids: Sequence[str]) -> set[str]:
+        """The items whose catalog row (item_vectors) Redis holds, in one round trip."""
+        field = self._codecs["item_vectors"].ts_field
+        with self.client.pipeline(transaction=False) as pipe:
+            for iid in item_ids:
+                pipe.hexists(self.feast_key("item", iid), field)  # type: ignore[arg-type]
+            replies = pipe.execute()
+        return {iid for iid, present in zip(item_ids, replies, strict=True) if present}
+
     def read_offsets(self) -> dict[Partition, int]:
         """The last applied offset of every partition this group has written."""
         raw = cast(dict[bytes, bytes], self.client.hgetall(self.offsets_key))
@@ -683,6 +692,69 @@ class RedisFeatureStore:
                 pipe.hset(self.offsets_key, f"{topic}:{partition}", str(int(offset)))
             deleted = pipe.execute()[0]
         return cast(int, deleted)
+
+    # ------------------------------------------------------------------ backfill
+    # `freshrec backfill` (streams/backfill.py) writes the state that is not a Feast view
+    # with these; the Feast views go through parquet + `feast materialize`. Each replaces
+    # the keys it names (DEL, then the new content) in transactions of `chunk` keys, in
+    # exactly the representation apply_batch.lua continues from.
+
+    def has_stream_state(self) -> bool:
+        """Whether this namespace already holds trending, co-visitation or offsets state."""
+        keys = [self.offsets_key, self.covis_landmark_key, self.trending_landmark_key]
+        return bool(self.client.exists(*keys))
+
+    def replace_seen(self, seen: Mapping[str, Iterable[str]], *, chunk: int = 500) -> int:
+        """Set each user's seen-item SET to exactly the given items; the number written."""
+        written = 0
+        users = list(seen.items())
+        for start in range(0, len(users), chunk):
+            with self.client.pipeline(transaction=True) as pipe:
+                for uid, item_ids in users[start : start + chunk]:
+                    key = self.seen_key(uid)
+                    pipe.delete(key)
+                    members = list(item_ids)
+                    for k in range(0, len(members), 1000):
+                        pipe.sadd(key, *members[k : k + 1000])
+                    written += 1
+                pipe.execute()
+        return written
+
+    def replace_covisitation(
+        self, sets: Mapping[str, tuple[float, Mapping[str, float]]], *, chunk: int = 500
+    ) -> int:
+        """Set items' co-visitation ZSETs: `item -> (landmark, {neighbour: Σ w·2^((t − L)/h)})`
+        (h = `covis_half_life_s`), landmark into the `covis_landmark` hash. The number written.
+        """
+        written = 0
+        rows = [(a, lm, scores) for a, (lm, scores) in sets.items() if scores]
+        for start in range(0, len(rows), chunk):
+            with self.client.pipeline(transaction=True) as pipe:
+                landmarks: dict[str, float] = {}
+                for a, lm, scores in rows[start : start + chunk]:
+                    key = self.covis_key(a)
+                    pipe.delete(key)
+                    pipe.zadd(key, {b: float(s) for b, s in scores.items()})
+                    landmarks[a] = float(lm)
+                    written += 1
+                pipe.hset(self.covis_landmark_key, mapping=landmarks)
+                pipe.execute()
+        return written
+
+    def replace_trending(self, sets: Mapping[float, tuple[float, Mapping[str, float]]]) -> int:
+        """Set the trending ZSETs: `half_life_s -> (landmark, {item: Σ TW·2^((t − L)/h)})`,
+        landmarks into the `trending_landmark` hash (one transaction). The number written.
+        """
+        with self.client.pipeline(transaction=True) as pipe:
+            for h, (lm, scores) in sets.items():
+                key = self.trending_key(h)
+                pipe.delete(key)
+                members = [(m, float(s)) for m, s in scores.items()]
+                for k in range(0, len(members), 1000):
+                    pipe.zadd(key, dict(members[k : k + 1000]))
+                pipe.hset(self.trending_landmark_key, n.half_life_suffix(h), repr(float(lm)))
+            pipe.execute()
+        return len(sets)
 
 
 def _satisfies_protocol(store: RedisFeatureStore) -> ProfileStore:

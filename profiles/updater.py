@@ -121,14 +121,25 @@ class ProfileUpdater:
         return sum(len(users) for users in self._users.values())
 
     # ------------------------------------------------------------------ catalog
-    def add_items(self, items: Sequence[Item], ts: float) -> None:
-        """Catalog records: cache their vectors and write them to the item_vectors view."""
-        rows = []
+    def add_items(self, items: Sequence[Item], *, only_missing: bool = False) -> int:
+        """Catalog records: cache their categories and vectors and write them to the
+        item_vectors view (event time = `created_at`, else 0). With `only_missing`, only
+        the items Redis does not hold yet are written. Returns how many were written."""
+        rows: dict[float, list[tuple[str, Any, Sequence[str], str | None]]] = {}
         for item in items:
             meta = self.catalog.from_item(item)
-            rows.append((item.item_id, meta.vector, meta.categories, item.title))
-        if rows:
-            self.store.write_items(rows, ts=ts)
+            rows.setdefault(item.created_at or 0.0, []).append(
+                (item.item_id, meta.vector, meta.categories, item.title)
+            )
+        written = 0
+        for ts, group in rows.items():
+            if only_missing:
+                present = self.store.items_present([row[0] for row in group])
+                group = [row for row in group if row[0] not in present]
+            if group:
+                self.store.write_items(group, ts=ts)
+                written += len(group)
+        return written
 
     # ------------------------------------------------------------------ batches
     def apply(

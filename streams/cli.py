@@ -92,6 +92,30 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--idle-timeout", type=float, default=None, help="stop after N s without input")
     worker.set_defaults(func=cmd_worker)
 
+    backfill = sub.add_parser(
+        "backfill", help="compute features offline from an event log into the Feast offline store"
+    )
+    backfill.add_argument("events", help="event log (JSON lines in the contract, or --format/--map)")
+    backfill.add_argument(
+        "--until", required=True, help="ISO-8601 with zone or epoch millis: last event time"
+    )
+    backfill.add_argument("--format", choices=["csv", "jsonl"], default=None)
+    backfill.add_argument("--map", dest="mapping", default=None, help="column mapping, as for replay")
+    backfill.add_argument("--items", default=None, help="catalog JSON lines (for categories and vectors)")
+    backfill.add_argument("--repo", default="feature_repo", help="the Feast repo (parquet goes to REPO/data)")
+    backfill.add_argument(
+        "--materialize", action="store_true", help="then run `feast materialize` into Redis"
+    )
+    backfill.set_defaults(func=cmd_backfill)
+
+    bench = sub.add_parser("bench", help="benchmarks (print a table; --json writes the numbers)")
+    bench_sub = bench.add_subparsers(dest="what", required=True)
+    consume = bench_sub.add_parser("consume", help="the hot loop: confluent-kafka worker vs a Faust agent")
+    consume.add_argument("--events", type=int, default=200_000)
+    consume.add_argument("--repeats", type=int, default=2)
+    consume.add_argument("--json", dest="json_out", default=None, help="write the result as JSON here")
+    consume.set_defaults(func=cmd_bench_consume)
+
     demo = sub.add_parser("demo", help="stack up, topics, simulated events replayed, worker running")
     demo.add_argument("--users", type=int, default=5_000)
     demo.add_argument("--items", type=int, default=1_000)
@@ -207,6 +231,30 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     stats = worker.run(max_events=args.max_events, idle_timeout_s=args.idle_timeout)
     print(f"worker stopped: {stats.events} events, {stats.rejected} dead-lettered, {stats.batches} batches")
     return 0
+
+
+def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.backfill import run_backfill_command
+
+    return run_backfill_command(settings, args)
+
+
+def cmd_bench_consume(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.bench_consume import format_table, run_consume_bench
+
+    result = run_consume_bench(settings, args.events, args.repeats, progress=print)
+    print(format_table(result))
+    _write_json(args.json_out, result)
+    return 0
+
+
+def _write_json(path: str | None, result: object) -> None:
+    if path:
+        import json
+
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(result, indent=2) + "\n")
+        print(f"wrote {path}")
 
 
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:

@@ -64,12 +64,12 @@ class ProfileHandler:
         self.updater.revoke(partitions)
         log.info("revoked %s", partitions)
 
+    def on_catalog(self, items: list[Item], bootstrap: bool) -> None:
+        """Catalog records: cached for enrichment; written to Redis (at bootstrap only those
+        Redis does not hold yet, so a restart does not rewrite the whole catalog)."""
+        self.updater.add_items(items, only_missing=bootstrap)
+
     def handle(self, batch: DecodedBatch) -> None:
-        by_time: dict[float, list[Item]] = {}
-        for item in batch.items:  # catalog records first: this batch's events may need them
-            by_time.setdefault(item.created_at or 0.0, []).append(item)
-        for ts, items in by_time.items():
-            self.updater.add_items(items, ts=ts)
         offsets = {p: span for p, span in batch.offsets.items() if p[0] == self.settings.topic_events}
         if not offsets:
             return

@@ -1,4 +1,5 @@
-"""The worker: consume `events` (and `items`) in micro-batches, decode, dead-letter the bad
+"""The worker: consume `events` in micro-batches (and the whole `items` catalog, see
+`streams.catalog`), decode, dead-letter the bad
 messages, hand each batch on, and commit offsets only after the batch is fully handled.
 
 The hot loop runs on confluent-kafka (see README, "Why the hot loop is not a Faust agent").
@@ -19,8 +20,9 @@ from typing import Protocol
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from profiles.events import Event, ForgetUser, Item
+from streams.catalog import CatalogReader
 from streams.config import Settings
-from streams.contract import decode_event, decode_item
+from streams.contract import decode_event
 from streams.errors import Coordinates, DecodeError, FreshrecError
 from streams.kafka_io import make_consumer, make_producer
 
@@ -40,12 +42,11 @@ class DecodedBatch:
     events: list[Event] = field(default_factory=list)
     event_coords: list[Coordinates] = field(default_factory=list)
     forgets: list[tuple[ForgetUser, Coordinates]] = field(default_factory=list)
-    items: list[Item] = field(default_factory=list)
     offsets: dict[TopicPartitionKey, tuple[int, int]] = field(default_factory=dict)
     rejected: int = 0
 
     def __len__(self) -> int:
-        return len(self.events) + len(self.forgets) + len(self.items)
+        return len(self.events) + len(self.forgets)
 
 
 class BatchHandler(Protocol):
@@ -54,6 +55,8 @@ class BatchHandler(Protocol):
     def on_assign(self, partitions: list[TopicPartitionKey]) -> None: ...
 
     def on_revoke(self, partitions: list[TopicPartitionKey]) -> None: ...
+
+    def on_catalog(self, items: list[Item], bootstrap: bool) -> None: ...
 
     def handle(self, batch: DecodedBatch) -> None: ...
 
@@ -79,9 +82,11 @@ class CountingHandler:
     def on_revoke(self, partitions: list[TopicPartitionKey]) -> None:
         return None
 
+    def on_catalog(self, items: list[Item], bootstrap: bool) -> None:
+        self.items += len(items)
+
     def handle(self, batch: DecodedBatch) -> None:
         self.events += len(batch.events)
-        self.items += len(batch.items)
         self.forgets += len(batch.forgets)
         if self.seen_event_ids is not None:
             self.seen_event_ids.extend(e.event_id for e in batch.events)
@@ -119,6 +124,7 @@ class Worker:
         self.consumer = consumer or make_consumer(settings, group_id)
         self.dlq = dlq_producer or make_producer(settings, **{"linger.ms": 0})
         self.on_batch = on_batch
+        self.catalog = CatalogReader(settings, self._dead_letter)
         self.stats = WorkerStats()
         self._stop = threading.Event()
         self._dlq_failures: list[str] = []
@@ -136,13 +142,16 @@ class Worker:
     def run(self, *, max_events: int | None = None, idle_timeout_s: float | None = None) -> WorkerStats:
         """Run until `stop()`, a signal, `max_events` valid events, or `idle_timeout_s` of silence."""
         s = self.settings
+        self.handler.on_catalog(self.catalog.bootstrap(), True)
         self.consumer.subscribe(
-            [s.topic_events, s.topic_items], on_assign=self._assigned, on_revoke=self._revoked,
-            on_lost=self._revoked,
-        )  # fmt: skip
+            [s.topic_events], on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
+        )
         last_message = time.monotonic()
         try:
             while not self._stop.is_set():
+                new_items = self.catalog.poll()
+                if new_items:
+                    self.handler.on_catalog(new_items, False)
                 messages = self.consumer.consume(s.batch_max_events, s.batch_max_wait_ms / 1000.0)
                 if not messages:
                     if idle_timeout_s is not None and time.monotonic() - last_message > idle_timeout_s:
@@ -163,7 +172,6 @@ class Worker:
     # ------------------------------------------------------------------ steps
     def _decode(self, messages: Iterable[Message]) -> DecodedBatch:
         batch = DecodedBatch()
-        s = self.settings
         for msg in messages:
             err = msg.error()
             if err is not None:
@@ -176,10 +184,6 @@ class Worker:
             batch.offsets[key] = (first, offset)
             where = Coordinates(topic, partition, offset)
             try:
-                if topic == s.topic_items:
-                    if msg.value() is not None:  # a tombstone deletes nothing we keep yet
-                        batch.items.append(decode_item(msg.value(), where))
-                    continue
                 decoded = decode_event(msg.value(), where)
             except DecodeError as exc:
                 self._dead_letter(msg, exc)
@@ -277,4 +281,5 @@ class Worker:
         self.dlq.flush(30.0)
         self._commit_pending()
         self.consumer.close()
+        self.catalog.close()
         self.handler.close()

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import random
 import time
-
-import numpy as np
 import uuid
 from pathlib import Path
 
+import numpy as np
 from confluent_kafka import Consumer, Message
 
 from streams.config import Settings
@@ -75,9 +76,73 @@ def compare_store_with_reference(store, events, items, config, *, vector_tol: fl
         seen_want = {e.item_id for e in events if e.user_id == uid}
         if seen.get(uid) != seen_want:
             extra, missing = seen.get(uid, set()) - seen_want, seen_want - seen.get(uid, set())
-            problems.append(f"user {uid}: seen set differs: extra {sorted(extra)[:5]}, missing {sorted(missing)[:5]}")
+            problems.append(
+                f"user {uid}: seen set differs: extra {sorted(extra)[:5]}, missing {sorted(missing)[:5]}"
+            )
     item_names = set(next(iter(want_items.values()))) if want_items else set()
     for iid, want in want_items.items():
         got = {k: v for k, v in got_items.get(iid, {}).items() if k in item_names}
         problems += [f"item {iid}: {p}" for p in compare_features(got, want)]
     return problems
+
+
+EVENT_TYPES = ("view", "click", "add_to_cart", "purchase", "rate")
+
+
+def valid_event(n: int, rng: random.Random) -> dict[str, object]:
+    """A valid contract event with event_id `ok-n` (ISO and epoch-millis timestamps alternate)."""
+    event: dict[str, object] = {
+        "event_id": f"ok-{n}",
+        "type": rng.choice(EVENT_TYPES),
+        "user_id": f"u{rng.randrange(300)}",
+        "item_id": f"i{rng.randrange(1000)}",
+        "ts": 1_700_000_000_000 + n * 1000 if n % 2 == 0 else "2023-11-14T22:13:20.5+01:00",
+    }
+    if event["type"] == "rate":
+        event["value"] = rng.choice([0.5, 3.0, 4.5])
+    return event
+
+
+def malformed_event(n: int, rng: random.Random) -> bytes:
+    """One malformed message of a kind chosen by n (8 kinds); each carries its marker `bad-n`."""
+    good = valid_event(n, rng) | {"event_id": f"bad-{n}"}
+    kind = n % 8
+    if kind == 0:
+        return f'{{"event_id": "bad-{n}", "type": "view", '.encode()  # truncated JSON
+    if kind == 1:
+        good.pop("user_id")
+    elif kind == 2:
+        good["item_id"] = 12345  # mistyped
+    elif kind == 3:
+        good["ts"] = "2024-03-01T10:00:00"  # naive
+    elif kind == 4:
+        good["ts"] = 32_503_680_000_000  # year 3000
+    elif kind == 5:
+        good["type"] = "like"  # unknown type
+    elif kind == 6:
+        good["ts"] = 1_700_000_000  # epoch seconds, not millis
+    else:
+        good["value"] = "five"
+    return json.dumps(good).encode()
+
+
+def mixed_stream(
+    total: int, bad_every: int, seed: int
+) -> tuple[list[tuple[bytes | None, bytes]], set[bytes], set[str]]:
+    """(messages, malformed values, valid event ids): every `bad_every`-th message is malformed."""
+    from streams.ingest import encode_rows
+
+    rng = random.Random(seed)
+    messages: list[tuple[bytes | None, bytes]] = []
+    bad: set[bytes] = set()
+    valid: set[str] = set()
+    for n in range(total):
+        if n % bad_every == 0:
+            raw = malformed_event(n, rng)
+            messages.append((f"u{n % 300}".encode(), raw))
+            bad.add(raw)
+        else:
+            event = valid_event(n, rng)
+            messages.extend(encode_rows([event], "user_id"))
+            valid.add(str(event["event_id"]))
+    return messages, bad, valid
