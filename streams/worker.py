@@ -104,6 +104,19 @@ class WorkerStats:
     retries: int = 0
     last_batch_size: int = 0
     started_at: float = field(default_factory=time.monotonic)
+    first_batch_at: float | None = None
+    last_batch_at: float | None = None
+
+    @property
+    def events_per_s(self) -> float:
+        """Valid events per second from the first batch's arrival to the last batch's commit."""
+        if (
+            self.first_batch_at is None
+            or self.last_batch_at is None
+            or self.last_batch_at <= self.first_batch_at
+        ):
+            return 0.0
+        return self.events / (self.last_batch_at - self.first_batch_at)
 
 
 class Worker:
@@ -158,9 +171,12 @@ class Worker:
                         break
                     continue
                 last_message = time.monotonic()
+                if self.stats.first_batch_at is None:
+                    self.stats.first_batch_at = last_message
                 batch = self._decode(messages)
                 self._handle_with_retry(batch)
                 self._commit(batch)
+                self.stats.last_batch_at = time.monotonic()
                 if self.on_batch is not None:
                     self.on_batch(batch, self.stats)
                 if max_events is not None and self.stats.events >= max_events:
