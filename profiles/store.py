@@ -372,20 +372,28 @@ class RedisFeatureStore:
 
     # ------------------------------------------------------------------ reads
     def _load(
-        self, entity: EntityName, view_names: Sequence[str], ids: Iterable[str]
-    ) -> dict[str, dict[str, Any]]:
+        self,
+        entity: EntityName,
+        view_names: Sequence[str],
+        ids: Iterable[str],
+        with_seen: bool = False,
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, set[str]]]:
+        """Rows of `ids` (and, with `with_seen`, their seen sets) in ONE pipelined round trip."""
         unique = list(dict.fromkeys(ids))
         if not unique:
-            return {}
+            return {}, {}
         codecs = [self._codecs[v] for v in view_names]
         fields: list[bytes] = [f for c in codecs for f in c.fields]
         float32 = [f for v in view_names for f, k in self.views[v].features if k == "float_list"]
         with self.client.pipeline(transaction=False) as pipe:
             for entity_id in unique:
                 pipe.hmget(self.feast_key(entity, entity_id), fields)  # type: ignore[arg-type]
+            if with_seen:
+                for entity_id in unique:
+                    pipe.smembers(self.seen_key(entity_id))
             replies = pipe.execute()
         out: dict[str, dict[str, Any]] = {}
-        for entity_id, values in zip(unique, replies, strict=True):
+        for entity_id, values in zip(unique, replies, strict=False):
             row: dict[str, Any] = {}
             start = 0
             for c in codecs:
@@ -397,7 +405,11 @@ class RedisFeatureStore:
                     if feature in row:
                         row[feature] = np.asarray(row[feature], dtype=np.float32)
                 out[entity_id] = row
-        return out
+        seen: dict[str, set[str]] = {}
+        if with_seen:
+            for entity_id, members in zip(unique, replies[len(unique) :], strict=True):
+                seen[entity_id] = {m.decode("utf-8") for m in members}
+        return out, seen
 
     def load_users(self, user_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Every user_activity and user_session feature of the users, in one round trip.
@@ -406,14 +418,20 @@ class RedisFeatureStore:
         `np.ndarray[float32]` (session_embedding); `"_ts:<view>"` holds the view's event
         time (epoch s). Users with nothing stored are absent from the result.
         """
-        return self._load("user", USER_VIEW_NAMES, user_ids)
+        return self._load("user", USER_VIEW_NAMES, user_ids)[0]
+
+    def load_users_and_seen(
+        self, user_ids: Iterable[str]
+    ) -> tuple[dict[str, dict[str, Any]], dict[str, set[str]]]:
+        """`load_users` and `load_seen` of the same users in ONE round trip."""
+        return self._load("user", USER_VIEW_NAMES, user_ids, with_seen=True)
 
     def load_items(self, item_ids: Iterable[str]) -> dict[str, dict[str, Any]]:
         """Every item_stats and item_vectors feature of the items, in one round trip.
 
         Like `load_users` (`vector` is a float32 array); counters are as of `updated_at`.
         """
-        return self._load("item", ITEM_VIEW_NAMES, item_ids)
+        return self._load("item", ITEM_VIEW_NAMES, item_ids)[0]
 
     def load_seen(self, user_ids: Iterable[str]) -> dict[str, set[str]]:
         """The seen-item sets of the users, in one round trip (empty set when none)."""

@@ -285,8 +285,7 @@ class ProfileUpdater:
             else:
                 states[uid] = state
         if missing:
-            rows = self.store.load_users(missing)
-            seen = self.store.load_seen(uid for uid in missing if uid in rows)
+            rows, seen = self.store.load_users_and_seen(missing)
             for uid, p in missing.items():
                 row = rows.get(uid)
                 if row is None:

@@ -15,14 +15,14 @@ event time seen; every decayed value is served as of `U`):
   distinct items ever interacted with (`seen_items`, kept beside the profile).
 - Category affinity, half-life `config.category_half_life_s` (the middle half-life):
   every category of the event's item gains the event type's weight `w`
-  (`config.type_weights`), decayed. At most `config.category_track_n` (= 4·top-N)
+  (`config.type_weights`), decayed. At most `config.category_track_n` (= 2·top-N)
   categories are tracked: when an event takes the count above it, only the
-  `config.category_keep_n` (= 2·top-N) best are kept (by score, then name; amortised, so
+  `config.category_keep_n` (= 1.5·top-N) best are kept (by score, then name; amortised, so
   a user with broad tastes does not pay a scan per event), and a dropped category that
   comes back starts from zero. `top_categories` are the first `category_top_n` tracked ones by
   score (then name), `next_categories` the rest (served so that a state restored from
   features is the same, whatever the batch boundaries). All decay at the same rate, so
-  the ranking does not depend on when it is read. With at most 4·N distinct categories
+  the ranking does not depend on when it is read. With at most 2·N distinct categories
   nothing is dropped and the scores are exact in any order. With more, the result
   depends on the order of arrival (the reference applies the same rule in the same
   order, so the two agree for the same order; a late event may re-enter a category
@@ -48,6 +48,7 @@ True
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -75,7 +76,7 @@ class ProfileConfig:
 
     >>> c = ProfileConfig()
     >>> c.category_half_life_s, c.longest_half_life_s, c.category_track_n, c.category_keep_n
-    (86400.0, 604800.0, 32, 16)
+    (86400.0, 604800.0, 16, 12)
     """
 
     half_lives_s: tuple[float, ...] = (3600.0, 86400.0, 604800.0)
@@ -97,7 +98,7 @@ class ProfileConfig:
     longest_half_life_s: float = field(init=False, compare=False, repr=False)
     #: at most this many categories are tracked: 4 × `category_top_n`
     category_track_n: int = field(init=False, compare=False, repr=False)
-    #: past `category_track_n`, the best this many are kept: 2 × `category_top_n`
+    #: past `category_track_n`, the best this many are kept: 1.5 × `category_top_n` (rounded up)
     category_keep_n: int = field(init=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -133,8 +134,8 @@ class ProfileConfig:
             )
         object.__setattr__(self, "category_half_life_s", sorted(hls)[len(hls) // 2])
         object.__setattr__(self, "longest_half_life_s", max(hls))
-        object.__setattr__(self, "category_track_n", 4 * self.category_top_n)
-        object.__setattr__(self, "category_keep_n", 2 * self.category_top_n)
+        object.__setattr__(self, "category_track_n", 2 * self.category_top_n)
+        object.__setattr__(self, "category_keep_n", self.category_top_n + (self.category_top_n + 1) // 2)
 
     def __hash__(self) -> int:
         return hash(
@@ -160,6 +161,18 @@ def rank_categories(scores: Mapping[str, float]) -> list[tuple[str, float]]:
     [('c', 2.0), ('a', 1.0), ('b', 1.0)]
     """
     return sorted(scores.items(), key=_rank_key)
+
+
+@functools.lru_cache(maxsize=16)
+def _names(
+    half_lives_s: tuple[float, ...],
+) -> tuple[dict[str, tuple[str, ...]], dict[str, str], dict[str, str]]:
+    """Per event type: its decayed-count names (one per half-life), last-ts and total names."""
+    return (
+        {t: tuple(n.count_name(t, h) for h in half_lives_s) for t in EVENT_TYPES},
+        {t: n.last_ts_name(t) for t in EVENT_TYPES},
+        {t: n.total_name(t) for t in EVENT_TYPES},
+    )
 
 
 def _rank_key(kv: tuple[str, float]) -> tuple[float, str]:
@@ -337,14 +350,15 @@ class UserState:
         cfg = self.config
         feats: dict[str, Any] = {}
         counts = self.counts_at_updated()
+        count_names, last_names, total_names = _names(cfg.half_lives_s)
         for t in EVENT_TYPES:
-            for h, v in zip(cfg.half_lives_s, counts[t], strict=True):
-                feats[n.count_name(t, h)] = v
+            for name, v in zip(count_names[t], counts[t], strict=True):
+                feats[name] = v
         for t in EVENT_TYPES:
             last = self.last_ts[t]
-            feats[n.last_ts_name(t)] = last if last != NEVER else 0.0
+            feats[last_names[t]] = last if last != NEVER else 0.0
         for t in EVENT_TYPES:
-            feats[n.total_name(t)] = self.totals[t]
+            feats[total_names[t]] = self.totals[t]
         feats[n.DISTINCT_ITEMS] = len(self.seen_items)
         ranked = self.category_scores()
         top_n = cfg.category_top_n

@@ -116,6 +116,13 @@ def build_parser() -> argparse.ArgumentParser:
     consume.add_argument("--json", dest="json_out", default=None, help="write the result as JSON here")
     consume.set_defaults(func=cmd_bench_consume)
 
+    profiles = bench_sub.add_parser("profiles", help="the profile path alone against the real Redis")
+    profiles.add_argument("--users", type=int, default=10_000)
+    profiles.add_argument("--items", type=int, default=2_000)
+    profiles.add_argument("--events", type=int, default=200_000)
+    profiles.add_argument("--json", dest="json_out", default=None, help="write the result as JSON here")
+    profiles.set_defaults(func=cmd_bench_profiles)
+
     demo = sub.add_parser("demo", help="stack up, topics, simulated events replayed, worker running")
     demo.add_argument("--users", type=int, default=5_000)
     demo.add_argument("--items", type=int, default=1_000)
@@ -243,6 +250,15 @@ def cmd_bench_consume(settings: Settings, args: argparse.Namespace) -> int:
     from streams.bench_consume import format_table, run_consume_bench
 
     result = run_consume_bench(settings, args.events, args.repeats, progress=print)
+    print(format_table(result))
+    _write_json(args.json_out, result)
+    return 0
+
+
+def cmd_bench_profiles(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.bench_profiles import format_table, run_profiles_bench
+
+    result = run_profiles_bench(settings, users=args.users, items=args.items, events=args.events)
     print(format_table(result))
     _write_json(args.json_out, result)
     return 0

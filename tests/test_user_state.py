@@ -24,7 +24,7 @@ CFG = ProfileConfig(
     session_last_n=4,
     session_embedding_half_life_s=600.0,
     embedding_dim=8,
-    category_top_n=2,  # tracks at most 8 categories, keeps 4 past that
+    category_top_n=4,  # tracks at most 8 categories, keeps 6 past that
     covis_window=3,
 )
 BASE = 1_700_000_000.0
@@ -42,7 +42,7 @@ def make_catalog(n_categories: int, seed: int = 3) -> dict[str, Item]:
 
 
 NARROW = make_catalog(8)  # never more categories than tracked: nothing is dropped
-WIDE = make_catalog(20)  # the 4N / 2N bound is exercised
+WIDE = make_catalog(20)  # the 2N / 1.5N bound is exercised
 
 
 def vector_of(item_id: str, catalog: dict[str, Item] = NARROW) -> np.ndarray[Any, Any]:
