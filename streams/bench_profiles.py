@@ -79,7 +79,8 @@ def run_profiles_bench(
             batches.append(time.perf_counter() - t0)
         elapsed = time.perf_counter() - started
         round_trips = CountingConnection.sends
-        sample = random.Random(seed).sample(sorted({e.user_id for e in decoded}), 1000)
+        all_users = sorted({e.user_id for e in decoded})
+        sample = random.Random(seed).sample(all_users, min(1000, len(all_users)))
         user_bytes = [client.memory_usage(store.feast_key("user", u)) or 0 for u in sample]
         seen_bytes = [client.memory_usage(store.seen_key(u)) or 0 for u in sample]
         item_sample = [i.item_id for i in catalog[:500]]
