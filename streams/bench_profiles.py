@@ -59,6 +59,7 @@ def run_profiles_bench(
     updater = ProfileUpdater(store)
     try:
         updater.add_items(catalog)
+        updater.assign([("bench", p) for p in range(PARTITIONS)])  # as the worker does on assignment
         offsets = dict.fromkeys(range(PARTITIONS), -1)
         batches = []
         size = s.batch_max_events
