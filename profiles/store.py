@@ -205,6 +205,14 @@ class ApplyResult:
     seconds: float = 0.0
 
 
+@dataclass(frozen=True, slots=True)
+class PreparedBatch:
+    """A batch encoded for the Lua script (`prepare_batch`), ready for `run_prepared`."""
+
+    args: list[Any]
+    partition_offsets: dict[Partition, tuple[int, int]]
+
+
 def drop_applied(
     records: Iterable[T],
     applied: Mapping[Partition, int],
@@ -592,7 +600,45 @@ class RedisFeatureStore:
         - `covis`: `(a, b, ts, weight)` increments as `covisit_pairs` returns them
           (both directions already), applied like `CovisitationIndex.add`.
         """
-        started = time.perf_counter()
+        return self.run_prepared(
+            self.prepare_batch(
+                partition_offsets=partition_offsets,
+                user_rows=user_rows,
+                event_ts=event_ts,
+                seen_adds=seen_adds,
+                item_events=item_events,
+                covis=covis,
+            )
+        )
+
+    def prepare_batch(
+        self,
+        *,
+        partition_offsets: Mapping[Partition, tuple[int, int]],
+        user_rows: Mapping[str, Mapping[str, Mapping[str, Any]]],
+        event_ts: Mapping[str, float],
+        seen_adds: Mapping[str, Sequence[str]] | None = None,
+        item_events: Sequence[tuple[str, str, float, float]] = (),
+        covis: Sequence[tuple[str, str, float, float]] = (),
+    ) -> PreparedBatch:
+        """Encode one micro-batch into the Lua script's arguments (`run_prepared` sends it).
+
+        `apply_batch` = `run_prepared(prepare_batch(...))`; see `apply_batch` for the rules.
+
+        - `partition_offsets`: (topic, partition) -> (first, last) offset in the batch.
+          If the stored offset of any of them is >= its `first`, nothing is written and
+          the result has `applied=False` (see `ApplyResult`).
+        - `user_rows`: user -> view -> feature -> value (`split_user_features` of
+          `UserState.to_features()`), written as given; features not given keep their
+          stored value. `event_ts[user]` (event time of the user's last event) is
+          written as `_ts:<view>`.
+        - `seen_adds`: user -> item ids to add to `{ns}:seen:<user>`.
+        - `item_events`: (item_id, type, ts, weight) in arrival order; weight 1.0 is what
+          `ItemState` counts. The Lua script updates item_stats exactly like
+          `ItemState.apply` (+ weight instead of + 1), and the trending sets.
+        - `covis`: `(a, b, ts, weight)` increments as `covisit_pairs` returns them
+          (both directions already), applied like `CovisitationIndex.add`.
+        """
         args: list[Any] = [self.offsets_key, len(partition_offsets)]
         for (topic, partition), (first, last) in partition_offsets.items():
             if first > last:
@@ -634,15 +680,19 @@ class RedisFeatureStore:
             args += flat_events
 
         args += self._covis_args(covis)
+        return PreparedBatch(args, dict(partition_offsets))
 
-        reply = self._script(args=args)
+    def run_prepared(self, prepared: PreparedBatch) -> ApplyResult:
+        """Send a prepared batch: ONE EVALSHA, atomic, behind the offset fence."""
+        started = time.perf_counter()
+        reply = self._script(args=prepared.args)
         if reply[0] == 0:
             stored = {_parse_partition(reply[k]): int(reply[k + 1]) for k in range(1, len(reply), 2)}
             return ApplyResult(False, stored, seconds=time.perf_counter() - started)
         _, users, items, events, pairs, rebases, trimmed = reply
         return ApplyResult(
             True,
-            {p: int(last) for p, (_, last) in partition_offsets.items()},
+            {p: int(last) for p, (_, last) in prepared.partition_offsets.items()},
             users=users,
             items=items,
             events=events,

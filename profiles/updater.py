@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 from collections import OrderedDict
 from collections.abc import Iterable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -30,12 +31,18 @@ from numpy.typing import NDArray
 from profiles.covisitation import covisit_pairs
 from profiles.embeddings import item_vector
 from profiles.events import Event, ForgetUser, Item
-from profiles.store import Partition, RedisFeatureStore
+from profiles.store import ApplyResult, Partition, PreparedBatch, RedisFeatureStore
 from profiles.user_state import ProfileConfig, UserState
 
 log = logging.getLogger("freshrec.profiles")
 
 Coords = tuple[str, int, int]  # topic, partition, offset
+_Inputs = tuple[
+    Sequence[Event],
+    Sequence[Coords],
+    Mapping[Partition, tuple[int, int]],
+    Sequence[tuple[ForgetUser, Coords]],
+]
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +109,10 @@ class ProfileUpdater:
         self.catalog = ItemCatalog(self.config.embedding_dim)
         self._users: dict[Partition, dict[str, UserState]] = {}
         self._fences: dict[Partition, int] = {}
+        self._executor: ThreadPoolExecutor | None = None
+        self._inflight: tuple[object, _Inputs, BatchOutcome, Future[ApplyResult]] | None = None
+        self._redo: list[tuple[object, _Inputs]] = []
+        self._recompute = False
 
     # ------------------------------------------------------------------ ownership
     def assign(self, partitions: Iterable[Partition]) -> None:
@@ -178,6 +189,120 @@ class ProfileUpdater:
         outcome.changed_users = list(dict.fromkeys(outcome.changed_users))
         return outcome
 
+    # ------------------------------------------------------------------ pipelining
+    def submit(
+        self,
+        token: object,
+        events: Sequence[Event],
+        coords: Sequence[Coords],
+        offsets: Mapping[Partition, tuple[int, int]],
+        forgets: Sequence[tuple[ForgetUser, Coords]] = (),
+    ) -> list[tuple[object, BatchOutcome]]:
+        """Pipelined `apply`: compute this batch while the previous write runs in Redis.
+
+        The batch's states are updated and its write encoded here, then the previous
+        batch's write is awaited and this one sent (one write in flight at a time, in
+        order). Returns `(token, outcome)` of every batch that is now durable in Redis,
+        oldest first; `flush()` returns the last one. If a write fails (Redis down) every
+        batch not yet durable is kept and applied again, synchronously and in order, by the
+        next `submit`/`flush` (so retrying with the same batch is safe); if the fence
+        refuses one, the caches are dropped and both batches recomputed from Redis.
+        """
+        done = self._redo_pending()
+        if forgets:  # forget requests delete keys outside the script: keep them in order
+            done += self._settle()
+            done.append((token, self.apply(events, coords, offsets, forgets)))
+            return done
+        outcome = BatchOutcome()
+        ranges = self._unapplied_ranges(offsets)
+        live = [i for i, c in enumerate(coords) if _inside(c, ranges)]
+        outcome.skipped_events = len(events) - len(live)
+        inputs = (events, coords, offsets, forgets)
+        prepared = None
+        if ranges:
+            try:
+                prepared, changed = self._prepare(
+                    [events[i] for i in live], [coords[i] for i in live], ranges
+                )
+            except BaseException:
+                self._drop_all_users()
+                self._redo.append((token, inputs))
+                raise
+            outcome.changed_users = changed
+            outcome.applied_events = len(live)
+            outcome.store_calls = 1
+            for p, (_, last) in ranges.items():  # optimistic: refreshed from Redis on failure
+                self._fences[p] = max(self._fences.get(p, -1), last)
+        try:
+            done += self._settle()
+        except BaseException:
+            self._redo.append((token, inputs))  # computed on top of the failed write
+            raise
+        if self._recompute:
+            self._recompute = False
+            done.append((token, self.apply(*inputs)))
+            return done
+        if prepared is None:
+            done.append((token, outcome))
+        else:
+            future = self._writer().submit(self.store.run_prepared, prepared)
+            self._inflight = (token, inputs, outcome, future)
+        return done
+
+    def flush(self) -> list[tuple[object, BatchOutcome]]:
+        """Wait for the write in flight (and redo failed ones); what is now durable."""
+        return self._redo_pending() + self._settle()
+
+    def _settle(self) -> list[tuple[object, BatchOutcome]]:
+        if self._inflight is None:
+            return []
+        token, inputs, outcome, future = self._inflight
+        self._inflight = None
+        try:
+            result = future.result()
+        except BaseException:
+            self._after_failure()
+            self._redo.append((token, inputs))
+            raise
+        if result.applied:
+            return [(token, outcome)]
+        log.warning("offset fence refused a pipelined batch; recomputing from Redis")
+        self._after_failure()
+        self._recompute = True  # the batch computed meanwhile stood on this one
+        return [(token, self.apply(*inputs))]
+
+    def _redo_pending(self) -> list[tuple[object, BatchOutcome]]:
+        done: list[tuple[object, BatchOutcome]] = []
+        while self._redo:
+            token, inputs = self._redo[0]
+            if not done:
+                self._after_failure()
+            done.append((token, self.apply(*inputs)))
+            self._redo.pop(0)
+        return done
+
+    def _after_failure(self) -> None:
+        """Forget everything computed ahead of Redis: user caches and optimistic fences."""
+        self._drop_all_users()
+        stored = self.store.read_offsets()
+        for p in self._fences:
+            self._fences[p] = stored.get(p, -1)
+
+    def _drop_all_users(self) -> None:
+        for p in self._users:
+            self._users[p] = {}
+
+    def _writer(self) -> ThreadPoolExecutor:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="freshrec-redis-writer")
+        return self._executor
+
+    def close(self) -> None:
+        """Stop the writer thread (call `flush()` first to keep what is in flight)."""
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)
+            self._executor = None
+
     def _unapplied_ranges(
         self, offsets: Mapping[Partition, tuple[int, int]]
     ) -> dict[Partition, tuple[int, int]]:
@@ -234,6 +359,22 @@ class ProfileUpdater:
         ranges: Mapping[Partition, tuple[int, int]],
         outcome: BatchOutcome,
     ) -> bool:
+        prepared, changed = self._prepare(events, coords, ranges)
+        result = self.store.run_prepared(prepared)
+        outcome.store_calls += 1
+        if not result.applied:
+            return False
+        outcome.applied_events += len(events)
+        outcome.changed_users.extend(changed)
+        return True
+
+    def _prepare(
+        self,
+        events: Sequence[Event],
+        coords: Sequence[Coords],
+        ranges: Mapping[Partition, tuple[int, int]],
+    ) -> tuple[PreparedBatch, list[str]]:
+        """Apply the events to the cached states and encode the batch's one Redis write."""
         states = self._states_for(events, coords)
         metas = self._metas_for(events)
         weights = self.config.type_weights
@@ -254,22 +395,15 @@ class ProfileUpdater:
             item_events.append((event.item_id, event.type, event.ts, 1.0))
             changed[event.user_id] = state
         store = self.store
-        user_rows = {uid: store.split_user_features(s.to_features()) for uid, s in changed.items()}
-        event_ts = {uid: s.updated_at for uid, s in changed.items()}
-        result = store.apply_batch(
+        prepared = store.prepare_batch(
             partition_offsets=ranges,
-            user_rows=user_rows,
-            event_ts=event_ts,
+            user_rows={uid: store.split_user_features(s.to_features()) for uid, s in changed.items()},
+            event_ts={uid: s.updated_at for uid, s in changed.items()},
             seen_adds=seen_adds,
             item_events=item_events,
             covis=covis,
         )
-        outcome.store_calls += 1
-        if not result.applied:
-            return False
-        outcome.applied_events += len(events)
-        outcome.changed_users.extend(changed)
-        return True
+        return prepared, list(changed)
 
     def _states_for(self, events: Sequence[Event], coords: Sequence[Coords]) -> dict[str, UserState]:
         states: dict[str, UserState] = {}

@@ -1,7 +1,8 @@
 """`freshrec bench profiles`: the profile path alone against the real Redis.
 
 Simulated events are decoded up front (outside the timing), then applied in micro-batches
-of `batch_max_events` through `ProfileUpdater` — user and item features, sessions and
+of `batch_max_events` through `ProfileUpdater.submit` (pipelined: a batch is computed while the previous
+one's single write runs in Redis) — user and item features, sessions and
 session embeddings, co-visitation, trending — exactly as the worker applies them, but
 without Kafka. Prints a table and returns (and with --json writes) the numbers:
 `events_per_s`, `redis_round_trips_per_batch`, `redis_bytes_per_user` (MEMORY USAGE of the
@@ -76,9 +77,11 @@ def run_profiles_bench(
                 first = spans.get(("bench", p), (offsets[p], 0))[0]
                 spans[("bench", p)] = (first, offsets[p])
             t0 = time.perf_counter()
-            updater.apply(chunk, coords, spans)
+            updater.submit(start, chunk, coords, spans)  # pipelined, as the worker applies batches
             batches.append(time.perf_counter() - t0)
+        updater.flush()
         elapsed = time.perf_counter() - started
+        updater.close()
         round_trips = CountingConnection.sends
         all_users = sorted({e.user_id for e in decoded})
         sample = random.Random(seed).sample(all_users, min(1000, len(all_users)))

@@ -69,25 +69,38 @@ class ProfileHandler:
         Redis does not hold yet, so a restart does not rewrite the whole catalog)."""
         self.updater.add_items(items, only_missing=bootstrap)
 
-    def handle(self, batch: DecodedBatch) -> None:
+    def handle(self, batch: DecodedBatch) -> list[DecodedBatch]:
+        """Apply a batch pipelined: returns the batches whose Redis write is now done."""
         offsets = {p: span for p, span in batch.offsets.items() if p[0] == self.settings.topic_events}
-        if not offsets:
-            return
         coords = [(c.topic, c.partition, c.offset) for c in batch.event_coords]
         forgets = [(f, (c.topic, c.partition, c.offset)) for f, c in batch.forgets]
+        if not offsets:
+            return [*self._record(self.updater.flush()), batch]
         started = time.perf_counter()
-        outcome = self.updater.apply(batch.events, coords, offsets, forgets)
+        done = self.updater.submit(batch, batch.events, coords, offsets, forgets)
         self.stats.redis_seconds.append(time.perf_counter() - started)
         del self.stats.redis_seconds[:-1000]
-        self.stats.applied_events += outcome.applied_events
-        self.stats.skipped_events += outcome.skipped_events
-        self.stats.changed_users += len(outcome.changed_users)
-        self.stats.forgotten += len(outcome.forgotten)
-        self.stats.fence_retries += outcome.retries
-        self.stats.last_outcome = outcome
+        return self._record(done)
+
+    def flush(self) -> list[DecodedBatch]:
+        return self._record(self.updater.flush())
+
+    def _record(self, done: list[tuple[object, BatchOutcome]]) -> list[DecodedBatch]:
+        batches = []
+        for token, outcome in done:
+            self.stats.applied_events += outcome.applied_events
+            self.stats.skipped_events += outcome.skipped_events
+            self.stats.changed_users += len(outcome.changed_users)
+            self.stats.forgotten += len(outcome.forgotten)
+            self.stats.fence_retries += outcome.retries
+            self.stats.last_outcome = outcome
+            assert isinstance(token, DecodedBatch)
+            batches.append(token)
+        return batches
 
     #: errors after which the worker retries the same batch (with backoff) instead of failing
     transient_errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
     def close(self) -> None:
+        self.updater.close()
         self.store.client.close()

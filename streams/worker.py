@@ -58,7 +58,14 @@ class BatchHandler(Protocol):
 
     def on_catalog(self, items: list[Item], bootstrap: bool) -> None: ...
 
-    def handle(self, batch: DecodedBatch) -> None: ...
+    def handle(self, batch: DecodedBatch) -> list[DecodedBatch] | None:
+        """Apply a batch. None: it is durable now. A list: the batches that became durable
+        (a pipelined handler returns the previous batch while this one is in flight)."""
+        ...
+
+    def flush(self) -> list[DecodedBatch]:
+        """Wait until every handled batch is durable; return those that just became so."""
+        ...
 
     def close(self) -> None: ...
 
@@ -85,11 +92,15 @@ class CountingHandler:
     def on_catalog(self, items: list[Item], bootstrap: bool) -> None:
         self.items += len(items)
 
-    def handle(self, batch: DecodedBatch) -> None:
+    def handle(self, batch: DecodedBatch) -> list[DecodedBatch] | None:
         self.events += len(batch.events)
         self.forgets += len(batch.forgets)
         if self.seen_event_ids is not None:
             self.seen_event_ids.extend(e.event_id for e in batch.events)
+        return None
+
+    def flush(self) -> list[DecodedBatch]:
+        return []
 
     def close(self) -> None:
         return None
@@ -167,6 +178,7 @@ class Worker:
                     self.handler.on_catalog(new_items, False)
                 messages = self.consumer.consume(s.batch_max_events, s.batch_max_wait_ms / 1000.0)
                 if not messages:
+                    self._commit_all(self._flush_with_retry())
                     if idle_timeout_s is not None and time.monotonic() - last_message > idle_timeout_s:
                         break
                     continue
@@ -174,8 +186,7 @@ class Worker:
                 if self.stats.first_batch_at is None:
                     self.stats.first_batch_at = last_message
                 batch = self._decode(messages)
-                self._handle_with_retry(batch)
-                self._commit(batch)
+                self._commit_all(self._handle_with_retry(batch))
                 self.stats.last_batch_at = time.monotonic()
                 if self.on_batch is not None:
                     self.on_batch(batch, self.stats)
@@ -237,12 +248,21 @@ class Worker:
         if err is not None:
             self._dlq_failures.append(str(err))
 
-    def _handle_with_retry(self, batch: DecodedBatch) -> None:
+    def _handle_with_retry(self, batch: DecodedBatch) -> list[DecodedBatch]:
+        """Handle a batch, retrying transient failures; returns the batches now durable."""
+        return self._with_retry(lambda: self.handler.handle(batch), batch)
+
+    def _flush_with_retry(self) -> list[DecodedBatch]:
+        return self._with_retry(self.handler.flush, None)
+
+    def _with_retry(
+        self, call: Callable[[], list[DecodedBatch] | None], batch: DecodedBatch | None
+    ) -> list[DecodedBatch]:
         delay = 0.1
         while True:
             try:
-                self.handler.handle(batch)
-                return
+                durable = call()
+                return [batch] if durable is None and batch is not None else list(durable or [])
             except FreshrecError:
                 raise
             except (ConnectionError, TimeoutError, *getattr(self.handler, "transient_errors", ())) as exc:
@@ -252,6 +272,10 @@ class Worker:
                 if self._stop.wait(delay):
                     raise
                 delay = min(delay * 2, 10.0)
+
+    def _commit_all(self, batches: list[DecodedBatch]) -> None:
+        for batch in batches:
+            self._commit(batch)
 
     def _commit(self, batch: DecodedBatch) -> None:
         if batch.rejected:
@@ -273,6 +297,7 @@ class Worker:
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
+        self._commit_all(self._flush_with_retry())  # what is in flight becomes durable first
         self._commit_pending(keys)
         self.handler.on_revoke(keys)
 
@@ -294,6 +319,10 @@ class Worker:
             self._pending_commit.pop(key, None)
 
     def _close(self) -> None:
+        try:
+            self._commit_all(self.handler.flush())
+        except FreshrecError as exc:
+            log.error("could not make the last batch durable (it will be re-applied): %s", exc)
         self.dlq.flush(30.0)
         self._commit_pending()
         self.consumer.close()
