@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import shutil
 import time
 import uuid
 from pathlib import Path
@@ -146,3 +147,19 @@ def mixed_stream(
             messages.extend(encode_rows([event], "user_id"))
             valid.add(str(event["event_id"]))
     return messages, bad, valid
+
+
+FEATURE_REPO = Path(__file__).resolve().parents[1] / "feature_repo"
+
+
+def repo_copy(tmp_path: Path, project: str) -> Path:
+    """A copy of feature_repo/ whose feature_store.yaml names `project`."""
+    repo = tmp_path / "feature_repo"
+    repo.mkdir()
+    for path in FEATURE_REPO.iterdir():
+        if path.is_file() and path.suffix in {".py", ".yaml", ".md"}:
+            shutil.copy(path, repo / path.name)
+    yaml = (repo / "feature_store.yaml").read_text()
+    assert "project: freshrec\n" in yaml
+    (repo / "feature_store.yaml").write_text(yaml.replace("project: freshrec\n", f"project: {project}\n"))
+    return repo

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
 import subprocess
 import sys
 import uuid
@@ -34,8 +33,8 @@ from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 from profiles.events import EVENT_TYPES, Event
 from profiles.store import VIEWS, RedisFeatureStore, feast_connection_string
 from profiles.user_state import ProfileConfig, UserState
+from tests.helpers import repo_copy
 
-REPO = Path(__file__).resolve().parents[1] / "feature_repo"
 CFG = ProfileConfig()
 NOW = datetime.now(tz=UTC).timestamp()
 
@@ -46,13 +45,7 @@ def feast_repo(
 ) -> Iterator[tuple[FeatureStore, RedisFeatureStore]]:
     """`feast apply` in a copy of feature_repo/ with a fresh project; both stores on it."""
     project = "t" + uuid.uuid4().hex[:12]
-    repo = tmp_path_factory.mktemp("feature_repo")
-    for path in REPO.iterdir():
-        if path.is_file() and path.suffix in {".py", ".yaml", ".md"}:
-            shutil.copy(path, repo / path.name)
-    yaml = (repo / "feature_store.yaml").read_text()
-    assert "project: freshrec\n" in yaml
-    (repo / "feature_store.yaml").write_text(yaml.replace("project: freshrec\n", f"project: {project}\n"))
+    repo = repo_copy(tmp_path_factory.mktemp("repo"), project)
     (repo / "data").mkdir()
 
     env_before = os.environ.get("REDIS_CONNECTION_STRING")
