@@ -21,11 +21,12 @@ streams.errors.DecodeError: events[0]@42: field 'ts' = 1714557600: epoch millis 
 from __future__ import annotations
 
 import hashlib
-import json
 import math
 from collections.abc import Mapping
 from datetime import datetime
 from typing import Any
+
+import orjson
 
 from profiles.events import EVENT_TYPES, Event, ForgetUser, Item
 from streams.errors import Coordinates, DecodeError
@@ -123,7 +124,7 @@ def _load_object(raw: bytes | None, where: Coordinates) -> Mapping[str, Any]:
     if raw is None:
         raise DecodeError(where, "<value>", None, "message has no value")
     try:
-        obj = json.loads(raw)
+        obj = orjson.loads(raw)
     except (UnicodeDecodeError, ValueError) as exc:
         raise DecodeError(where, "<value>", raw[:120], f"is not JSON ({exc})") from None
     if not isinstance(obj, dict):

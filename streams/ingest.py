@@ -8,12 +8,12 @@ reaches the dead-letter topic with its reason instead of vanishing at the produc
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
 from streams.config import Settings
@@ -44,7 +44,7 @@ def key_of(value: bytes, key_field: str) -> bytes | None:
     True
     """
     try:
-        obj = json.loads(value)
+        obj = orjson.loads(value)
     except ValueError:
         return None
     key = obj.get(key_field) if isinstance(obj, dict) else None
@@ -53,10 +53,9 @@ def key_of(value: bytes, key_field: str) -> bytes | None:
 
 def encode_rows(rows: Iterable[dict[str, Any]], key_field: str) -> Iterator[tuple[bytes | None, bytes]]:
     """(key, value) pairs from dict rows, keyed by `key_field`."""
-    dumps = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False).encode
     for row in rows:
         key = row.get(key_field)
-        yield (None if key is None else str(key).encode()), dumps(row).encode()
+        yield (None if key is None else str(key).encode()), orjson.dumps(row)
 
 
 def lines_of(path: str, key_field: str) -> Iterator[tuple[bytes | None, bytes]]:
