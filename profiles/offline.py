@@ -53,7 +53,7 @@ DecayedScores(landmark=60.0, scores={'b': 1.0})
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any, Final
@@ -141,7 +141,8 @@ class OfflineProfiles:
 
     `catalog` maps item ids to catalog records (categories, vectors, the `item_vectors`
     rows); `until` (epoch seconds) drops later events; `covis_half_life_s`, `covis_cap`
-    and `trending_cap` must be the store's (`RedisFeatureStore` attributes).
+    `trending_cap` and `trending_half_lives_s` must be the store's (`RedisFeatureStore`
+    attributes).
     """
 
     def __init__(
@@ -153,6 +154,7 @@ class OfflineProfiles:
         covis_half_life_s: float = DAY_S,
         covis_cap: int = 100,
         trending_cap: int = 1000,
+        trending_half_lives_s: Sequence[float] | None = None,
     ) -> None:
         self.config = config
         self.catalog: dict[str, Item] = dict(catalog or {})
@@ -160,7 +162,8 @@ class OfflineProfiles:
         self.users: dict[str, UserState] = {}
         self.items: dict[str, ItemState] = {}
         self.covis = CovisitationIndex(half_life=covis_half_life_s, cap=covis_cap)
-        self.trending = {h: CovisitationIndex(half_life=h, cap=trending_cap) for h in config.half_lives_s}
+        trending_hls = trending_half_lives_s or (config.category_half_life_s,)
+        self.trending = {h: CovisitationIndex(half_life=h, cap=trending_cap) for h in trending_hls}
         self._covis_latest: dict[str, float] = {}
         self._latest = NEVER
         self._metas: dict[str, _Meta] = {}

@@ -322,6 +322,7 @@ class RedisFeatureStore:
         covis_half_life_s: float = DAY_S,
         covis_cap: int = 100,
         trending_cap: int = 1000,
+        trending_half_lives_s: Sequence[float] | None = None,
     ) -> None:
         if covis_cap < 1 or trending_cap < 1:
             raise ValueError(f"caps must be >= 1, got covis_cap={covis_cap}, trending_cap={trending_cap}")
@@ -333,6 +334,11 @@ class RedisFeatureStore:
         self.covis_half_life_s = float(covis_half_life_s)
         self.covis_cap = int(covis_cap)
         self.trending_cap = int(trending_cap)
+        #: half-lives with a trending ZSET (default: the middle one, 1 d): each costs one
+        #: ZINCRBY per item per batch in the script, so only those the recommender reads
+        self.trending_half_lives_s: tuple[float, ...] = tuple(
+            float(h) for h in (trending_half_lives_s or (self.config.category_half_life_s,))
+        )
         self.views = build_views(self.config)
         self._codecs = {name: ViewCodec(name, v.features) for name, v in self.views.items()}
         self._user_view_of = {f: v for v in USER_VIEW_NAMES for f in self.views[v].feature_names}
@@ -490,6 +496,10 @@ class RedisFeatureStore:
     def top_items(self, half_life_s: float, k: int, at: float | None = None) -> list[tuple[str, float]]:
         """The `k` most popular items at one half-life (type-weighted decayed interactions),
         best first, with their popularity at event time `at` (default: the landmark)."""
+        if float(half_life_s) not in self.trending_half_lives_s:
+            raise ValueError(
+                f"no trending set at half-life {half_life_s!r}: the store keeps {self.trending_half_lives_s}"
+            )
         suffix = n.half_life_suffix(half_life_s)
         return self._top(
             self.trending_key(half_life_s), self.trending_landmark_key, suffix, half_life_s, k, at
@@ -523,8 +533,10 @@ class RedisFeatureStore:
             nh,
             *hls,
             *(float(cfg.type_weights[t]) for t in EVENT_TYPES),
-            *(self.trending_key(h) for h in hls),
-            *(n.half_life_suffix(h) for h in hls),
+            len(self.trending_half_lives_s),
+            *self.trending_half_lives_s,
+            *(self.trending_key(h) for h in self.trending_half_lives_s),
+            *(n.half_life_suffix(h) for h in self.trending_half_lives_s),
             self.trending_landmark_key,
             self.trending_cap,
             f"{self.namespace}:covis:",

@@ -150,6 +150,7 @@ def run_backfill_command(settings: Settings, args: argparse.Namespace) -> int:
                 covis_half_life_s=store.covis_half_life_s,
                 covis_cap=store.covis_cap,
                 trending_cap=store.trending_cap,
+                trending_half_lives_s=store.trending_half_lives_s,
             )
             run_backfill(offline, events_path, fmt, mapping, report)
         write_parquet(offline, data, report)

@@ -119,7 +119,7 @@ def compare_stores(
     tables = {
         f"covis {i}": (a.covisitation(i, 100_000, at=at), b.covisitation(i, 100_000, at=at)) for i in items
     }
-    for h in a.config.half_lives_s:
+    for h in a.trending_half_lives_s:
         tables[f"trending {h:g}"] = (a.top_items(h, 100_000, at=at), b.top_items(h, 100_000, at=at))
     for name, (ta, tb) in tables.items():
         da, db = dict(ta), dict(tb)

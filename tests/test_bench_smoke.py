@@ -14,7 +14,12 @@ pytestmark = pytest.mark.stack
 def test_bench_profiles_prints_a_table_and_writes_json(settings, monkeypatch, tmp_path, capsys):
     monkeypatch.setenv("FRESHREC_REDIS_URL", settings.redis_url)
     out = tmp_path / "profiles.json"
-    assert main(["bench", "profiles", "--users", "200", "--items", "100", "--events", "3000", "--json", str(out)]) == 0
+    assert (
+        main(
+            ["bench", "profiles", "--users", "200", "--items", "100", "--events", "3000", "--json", str(out)]
+        )
+        == 0
+    )
     printed = capsys.readouterr().out
     assert "events/s (profile path)" in printed and "Redis bytes / user profile" in printed
     result = json.loads(out.read_text())

@@ -53,11 +53,13 @@ end
 
 -- ------------------------------------------------------------------ configuration
 local NT, NH = num(), num()              -- event types, half-lives
-local H, TW, TREND_KEYS, TREND_FIELDS = {}, {}, {}, {}
+local H, TW, TREND_H, TREND_KEYS, TREND_FIELDS = {}, {}, {}, {}, {}
 for j = 1, NH do H[j] = num() end        -- half-lives (s)
 for k = 1, NT do TW[k] = num() end       -- popularity weight per type
-for j = 1, NH do TREND_KEYS[j] = str() end
-for j = 1, NH do TREND_FIELDS[j] = str() end  -- their fields in the landmark hash
+local NTR = num()                        -- trending half-lives (a subset, 1 by default)
+for j = 1, NTR do TREND_H[j] = num() end
+for j = 1, NTR do TREND_KEYS[j] = str() end
+for j = 1, NTR do TREND_FIELDS[j] = str() end  -- their fields in the landmark hash
 local trend_lm_key, trend_cap = str(), num()
 local covis_prefix, covis_lm_key, covis_h, covis_cap = str(), str(), num(), num()
 local max_exp = num()                    -- rebase a landmark beyond this many half-lives
@@ -296,22 +298,22 @@ end
 
 -- Trending: score = sum of TW * w * 2^((t - L)/h), one landmark L per half-life.
 local trend_l = redis.call('HMGET', trend_lm_key, unpack(TREND_FIELDS))
-for j = 1, NH do trend_l[j] = tonumber(trend_l[j]) end
+for j = 1, NTR do trend_l[j] = tonumber(trend_l[j]) end
 for it = 1, n_items do
   local rec = items[it]
   redis.call('HSET', rec[1], unpack(rec[5]))
   local ev, tmax = rec[3], rec[4]
-  for j = 1, NH do
+  for j = 1, NTR do
     local L = trend_l[j]
-    if L == nil or (tmax - L) / H[j] > max_exp then
-      if L ~= nil then rebase(TREND_KEYS[j], L, tmax, H[j]) end
+    if L == nil or (tmax - L) / TREND_H[j] > max_exp then
+      if L ~= nil then rebase(TREND_KEYS[j], L, tmax, TREND_H[j]) end
       L = tmax
       trend_l[j] = L
       redis.call('HSET', trend_lm_key, TREND_FIELDS[j], L)
     end
     local inc = 0
     for e = 1, #ev do
-      inc = inc + TW[ev[e][1]] * ev[e][3] * 2 ^ ((ev[e][2] - L) / H[j])
+      inc = inc + TW[ev[e][1]] * ev[e][3] * 2 ^ ((ev[e][2] - L) / TREND_H[j])
     end
     if inc < TINY then inc = 0 end
     redis.call('ZINCRBY', TREND_KEYS[j], inc, rec[2])
@@ -374,7 +376,7 @@ local function trim(key, cap)
 end
 for k = 1, #touched do trim(touched[k], covis_cap) end
 if n_items > 0 then
-  for j = 1, NH do trim(TREND_KEYS[j], trend_cap) end
+  for j = 1, NTR do trim(TREND_KEYS[j], trend_cap) end
 end
 
 -- The offsets, last.
