@@ -323,6 +323,7 @@ class RedisFeatureStore:
         covis_cap: int = 100,
         trending_cap: int = 1000,
         trending_half_lives_s: Sequence[float] | None = None,
+        user_ttl_s: float = 30 * DAY_S,
     ) -> None:
         if covis_cap < 1 or trending_cap < 1:
             raise ValueError(f"caps must be >= 1, got covis_cap={covis_cap}, trending_cap={trending_cap}")
@@ -334,6 +335,10 @@ class RedisFeatureStore:
         self.covis_half_life_s = float(covis_half_life_s)
         self.covis_cap = int(covis_cap)
         self.trending_cap = int(trending_cap)
+        #: a user's Feast hash and seen set expire after this long without a write (0: never).
+        #: Retention, not a feature: Redis counts it in wall-clock time, like Feast's own
+        #: `key_ttl_seconds`; every event of the user renews it.
+        self.user_ttl_s = float(user_ttl_s)
         #: half-lives with a trending ZSET (default: the middle one, 1 d): each costs one
         #: ZINCRBY per item per batch in the script, so only those the recommender reads
         self.trending_half_lives_s: tuple[float, ...] = tuple(
@@ -547,6 +552,7 @@ class RedisFeatureStore:
             TINY,
             cfg.conversion_prior_weight,
             cfg.conversion_prior,
+            round(self.user_ttl_s * 1000),
             counter("purchase"),
             counter("view"),
             counter("click"),

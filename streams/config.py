@@ -45,6 +45,7 @@ class Settings:
     batch_max_wait_ms: int = 20
     half_lives_s: tuple[float, ...] = (3600.0, 86400.0, 604800.0)
     session_gap_s: float = 1800.0
+    user_ttl_s: float = 30 * 86400.0
     feast_project: str = "freshrec"
     top_k: int = 10
     metrics_port: int = 9400

@@ -31,6 +31,7 @@ def make_store(settings: Settings, client: redis.Redis | None = None) -> RedisFe
         project=settings.feast_project,
         namespace=settings.feast_project,  # non-Feast keys (seen, covis, offsets) share its prefix
         group=settings.group_id,
+        user_ttl_s=settings.user_ttl_s,
     )
 
 

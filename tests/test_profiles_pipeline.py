@@ -40,6 +40,10 @@ def test_worker_profiles_equal_the_naive_reference(settings, redis_conn):
     stats = Worker(settings, handler).run(max_events=len(event_rows), idle_timeout_s=30)
     assert stats.events == len(event_rows) and handler.stats.applied_events == len(event_rows)
 
+    store = make_store(settings)
+    some_user = event_rows[0]["user_id"]
+    for key in (store.feast_key("user", some_user), store.seen_key(some_user)):
+        assert 0 < redis_conn.ttl(key) <= settings.user_ttl_s  # inactive users expire
     items = [decode_item(json.dumps(r).encode(), HERE) for r in item_rows]
     problems = compare_store_with_reference(
         make_store(settings), _decoded(event_rows), items, profile_config(settings)

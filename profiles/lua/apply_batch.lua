@@ -65,6 +65,7 @@ local covis_prefix, covis_lm_key, covis_h, covis_cap = str(), str(), num(), num(
 local max_exp = num()                    -- rebase a landmark beyond this many half-lives
 local TINY = num()                       -- values below are flushed to 0 (profiles.decay)
 local conv_a, conv_p = num(), num()
+local user_ttl_ms = num()                -- > 0: user keys expire after this much inactivity
 local i_purchase, i_view, i_click = num(), num(), num()  -- counter indexes (1-based)
 local NC = NT * NH
 -- item_stats fields: NC counters (type-major), NT totals, NH popularity, conversion,
@@ -266,12 +267,14 @@ for u = 1, n_users do
   local rec = users[u]
   if rec[3] > 0 then
     redis.call('HSET', rec[1], unpack(A, rec[2], rec[2] + rec[3] - 1))
+    if user_ttl_ms > 0 then redis.call('PEXPIRE', rec[1], user_ttl_ms) end
   end
 end
 for s = 1, n_seen do
   local rec = seen[s]
   if rec[3] > 0 then
     redis.call('SADD', rec[1], unpack(A, rec[2], rec[2] + rec[3] - 1))
+    if user_ttl_ms > 0 then redis.call('PEXPIRE', rec[1], user_ttl_ms) end
   end
 end
 
