@@ -282,7 +282,7 @@ class ProfileStore(Protocol):
     def forget_user(self, user_id: str, fence: tuple[Partition, int] | None = None) -> int: ...
 
     def write_items(
-        self, items: Sequence[tuple[str, Any, Sequence[str], str | None]], *, ts: float
+        self, items: Sequence[tuple[str, Any, Sequence[str], str | None]], *, ts: float | Sequence[float]
     ) -> None: ...
 
     def top_items(self, half_life_s: float, k: int, at: float | None = None) -> list[tuple[str, float]]: ...
@@ -745,18 +745,24 @@ class RedisFeatureStore:
                 args += (b, total)
         return args
 
-    def write_items(self, items: Sequence[tuple[str, Any, Sequence[str], str | None]], *, ts: float) -> None:
+    def write_items(
+        self, items: Sequence[tuple[str, Any, Sequence[str], str | None]], *, ts: float | Sequence[float]
+    ) -> None:
         """Write catalog rows (item_id, vector, categories, title) to item_vectors.
 
         `vector` is a sequence or numpy array of floats (stored as float32); `ts` is the
-        event time of the catalog records (the `_ts:item_vectors`). One round trip.
+        event time of the catalog records (the `_ts:item_vectors`): one for all, or one per
+        row. One round trip.
         """
+        times = [float(ts)] * len(items) if isinstance(ts, int | float) else list(ts)
+        if len(times) != len(items):
+            raise ValueError(f"{len(items)} items but {len(times)} event times")
         codec = self._codecs["item_vectors"]
         with self.client.pipeline(transaction=False) as pipe:
-            for item_id, vector, categories, title in items:
+            for (item_id, vector, categories, title), row_ts in zip(items, times, strict=True):
                 row = {"vector": vector, "categories": list(categories), "title": title}
                 try:
-                    flat = codec.encode_row(row, ts)
+                    flat = codec.encode_row(row, row_ts)
                 except (TypeError, ValueError, OverflowError, AttributeError) as e:
                     raise SchemaError(
                         "item_vectors", _find_bad(codec, row), f"item {item_id!r}: {e}"

@@ -136,21 +136,16 @@ class ProfileUpdater:
         """Catalog records: cache their categories and vectors and write them to the
         item_vectors view (event time = `created_at`, else 0). With `only_missing`, only
         the items Redis does not hold yet are written. Returns how many were written."""
-        rows: dict[float, list[tuple[str, Any, Sequence[str], str | None]]] = {}
+        rows = []
         for item in items:
             meta = self.catalog.from_item(item)
-            rows.setdefault(item.created_at or 0.0, []).append(
-                (item.item_id, meta.vector, meta.categories, item.title)
-            )
-        written = 0
-        for ts, group in rows.items():
-            if only_missing:
-                present = self.store.items_present([row[0] for row in group])
-                group = [row for row in group if row[0] not in present]
-            if group:
-                self.store.write_items(group, ts=ts)
-                written += len(group)
-        return written
+            rows.append((item.item_id, meta.vector, meta.categories, item.title, item.created_at or 0.0))
+        if only_missing and rows:
+            present = self.store.items_present([row[0] for row in rows])
+            rows = [row for row in rows if row[0] not in present]
+        if rows:
+            self.store.write_items([row[:4] for row in rows], ts=[row[4] for row in rows])
+        return len(rows)
 
     # ------------------------------------------------------------------ batches
     def apply(
