@@ -13,20 +13,15 @@ Decoding bytes into these types (with Kafka coordinates in every error) lives in
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Final, Literal
+
+from scoring.types import DEFAULT_TYPE_WEIGHTS, Item
+
+__all__ = ["DEFAULT_TYPE_WEIGHTS", "EVENT_TYPES", "Event", "EventType", "ForgetUser", "Item"]
 
 EventType = Literal["view", "click", "add_to_cart", "purchase", "rate"]
 EVENT_TYPES: Final[tuple[EventType, ...]] = ("view", "click", "add_to_cart", "purchase", "rate")
-
-#: Default implicit-feedback weight of each event type (how strong a signal of interest).
-DEFAULT_TYPE_WEIGHTS: Final[Mapping[str, float]] = {
-    "view": 1.0,
-    "click": 1.0,
-    "add_to_cart": 3.0,
-    "purchase": 5.0,
-    "rate": 2.0,
-}
 
 
 @dataclass(frozen=True, slots=True)
@@ -50,21 +45,6 @@ class Event:
     def weight(self) -> float:
         """The default implicit-feedback weight of this event's type."""
         return DEFAULT_TYPE_WEIGHTS[self.type]
-
-
-@dataclass(frozen=True, slots=True)
-class Item:
-    """A catalog entry from the `items` topic (compacted, keyed by item_id).
-
-    >>> Item(item_id="i1", title="Heat", categories=("Action", "Crime")).categories
-    ('Action', 'Crime')
-    """
-
-    item_id: str
-    title: str | None = None
-    categories: tuple[str, ...] = ()
-    attributes: Mapping[str, Any] = field(default_factory=dict)
-    created_at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)

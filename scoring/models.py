@@ -1,0 +1,185 @@
+"""The online models, all River, all learning one event at a time after predicting it.
+
+- `ImplicitMF`: `river.reco.FunkMF` with the logistic loss on implicit feedback. An event is
+  a positive whose loss weight is the event type's weight; `negatives` items drawn from
+  recent traffic (so, in proportion to popularity) are negatives of weight 1. Item factors
+  are mirrored into a numpy matrix after each update, so scoring 200 candidates is one
+  matrix-vector product.
+- `RatingModel`: `river.reco.BiasedMF` on `rate` events, predictions clipped to the scale.
+- `Ranker`: `river.linear_model.LogisticRegression` over the candidate feature matrix; its
+  weights are pulled into a numpy vector (cached until the next update), so a user's
+  candidates are scored with one `X @ w + b`.
+
+All three pickle (River estimators do), so a checkpoint is `pickle.dumps(model)`.
+
+>>> r = Ranker(["a", "b"], lr=0.5)
+>>> for _ in range(50):
+...     r.learn(np.array([[1.0, 0.0], [0.0, 1.0]]), np.array([1, 0]))
+>>> s = r.score(np.array([[1.0, 0.0], [0.0, 1.0]]))
+>>> bool(s[0] > s[1])
+True
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from river import linear_model, optim, reco
+
+from scoring.types import FloatArray
+
+__all__ = ["ImplicitMF", "Ranker", "RatingModel"]
+
+IntArray = NDArray[np.int64]
+
+
+class ImplicitMF:
+    """Implicit-feedback matrix factorization (River FunkMF, logistic loss, sampled negatives).
+
+    >>> mf = ImplicitMF(n_factors=4, seed=1)
+    >>> for _ in range(30):
+    ...     mf.learn("u1", "a", 0, weight=1.0, negatives=[("b", 1)])
+    >>> s = mf.scores("u1", np.array([0, 1]))
+    >>> bool(s[0] > s[1])
+    True
+    """
+
+    def __init__(
+        self, n_factors: int = 16, lr: float = 0.05, l2: float = 0.001, init_std: float = 0.1, seed: int = 0
+    ) -> None:
+        self.n_factors = n_factors
+        self.model: Any = reco.FunkMF(
+            n_factors=n_factors,
+            optimizer=optim.SGD(lr),
+            loss=optim.losses.Log(),
+            l2=l2,
+            initializer=optim.initializers.Normal(mu=0.0, sigma=init_std, seed=seed),
+            seed=seed,
+        )
+        # the River loss object is shared with the model (its positive weight is set per event)
+        self.loss: Any = self.model.loss
+        self.item_matrix: FloatArray = np.zeros((64, n_factors))
+
+    def _mirror(self, item: str, index: int) -> None:
+        if index >= self.item_matrix.shape[0]:
+            grow = max(index + 1, 2 * self.item_matrix.shape[0]) - self.item_matrix.shape[0]
+            self.item_matrix = np.vstack([self.item_matrix, np.zeros((grow, self.n_factors))])
+        self.item_matrix[index] = self.model.i_latents[item]
+
+    def learn(
+        self, user: str, item: str, index: int, weight: float, negatives: Sequence[tuple[str, int]]
+    ) -> None:
+        """One positive (`weight` = its event type's weight) and its sampled negatives
+        (item id, dense index)."""
+        self.loss.weight_pos = weight
+        self.model.learn_one(user, item, 1)
+        self._mirror(item, index)
+        for neg, j in negatives:
+            if neg != item:
+                self.model.learn_one(user, neg, 0)
+                self._mirror(neg, j)
+
+    def scores(self, user: str, idx: IntArray) -> FloatArray:
+        """Logits `u · vᵢ` for items `idx` (0 for an unknown user)."""
+        u = self.model.u_latents.get(user)
+        if u is None:
+            return np.zeros(idx.shape[0])
+        m = self.item_matrix
+        inside = idx < m.shape[0]
+        if bool(inside.all()):
+            out: FloatArray = m[idx] @ u
+            return out
+        res = np.zeros(idx.shape[0])
+        res[inside] = m[idx[inside]] @ u
+        return res
+
+
+class RatingModel:
+    """Explicit ratings: River BiasedMF, prediction clipped to [`low`, `high`].
+
+    >>> m = RatingModel()
+    >>> m.predict("u1", "i1")
+    3.5
+    >>> for _ in range(20):
+    ...     m.learn("u1", "i1", 5.0)
+    >>> m.predict("u1", "i1") > 4.0
+    True
+    """
+
+    def __init__(
+        self,
+        n_factors: int = 10,
+        bias_lr: float = 0.01,
+        latent_lr: float = 0.02,
+        l2_bias: float = 0.01,
+        l2_latent: float = 0.1,
+        low: float = 0.5,
+        high: float = 5.0,
+        prior: float = 3.5,
+        seed: int = 0,
+    ) -> None:
+        self.low = low
+        self.high = high
+        self.prior = prior
+        self.n = 0
+        self.model: Any = reco.BiasedMF(
+            n_factors=n_factors,
+            bias_optimizer=optim.SGD(bias_lr),
+            latent_optimizer=optim.SGD(latent_lr),
+            l2_bias=l2_bias,
+            l2_latent=l2_latent,
+            latent_initializer=optim.initializers.Normal(mu=0.0, sigma=0.05, seed=seed),
+            seed=seed,
+        )
+
+    def predict(self, user: str, item: str) -> float:
+        """The predicted rating (the prior before any rating)."""
+        if self.n == 0:
+            return self.prior
+        m = self.model
+        y = m.global_mean.get() + m.u_biases.get(user, 0.0) + m.i_biases.get(item, 0.0)
+        u = m.u_latents.get(user)
+        v = m.i_latents.get(item)
+        if u is not None and v is not None:
+            y += float(np.dot(u, v))
+        return float(min(max(y, self.low), self.high))
+
+    def learn(self, user: str, item: str, rating: float) -> None:
+        self.model.learn_one(user, item, rating)
+        self.n += 1
+
+
+class Ranker:
+    """Logistic regression over named features; scores a whole candidate matrix at once."""
+
+    def __init__(self, feature_names: Sequence[str], lr: float = 0.05, l2: float = 1e-5) -> None:
+        self.feature_names = tuple(feature_names)
+        self.model: Any = linear_model.LogisticRegression(optimizer=optim.SGD(lr), l2=l2, intercept_lr=lr)
+        self._w: FloatArray | None = None
+        self._b = 0.0
+        self.n = 0
+
+    def weights(self) -> tuple[FloatArray, float]:
+        """The model's weights as a numpy vector (feature order) and its intercept."""
+        if self._w is None:
+            wd: dict[str, Any] = self.model.weights
+            self._w = np.array([float(wd.get(f, 0.0)) for f in self.feature_names])
+            self._b = float(self.model.intercept)
+        return self._w, self._b
+
+    def score(self, x: FloatArray) -> FloatArray:
+        """Logits for every row of `x` (n × features)."""
+        w, b = self.weights()
+        out: FloatArray = x @ w + b
+        return out
+
+    def learn(self, x: FloatArray, y: NDArray[Any]) -> None:
+        """One SGD step per row (River `learn_one`), in row order."""
+        names = self.feature_names
+        for row, label in zip(x.tolist(), y.tolist(), strict=True):
+            self.model.learn_one(dict(zip(names, row, strict=True)), bool(label))
+        self.n += len(y)
+        self._w = None
