@@ -515,6 +515,39 @@ class RedisFeatureStore:
         h = self.covis_half_life_s
         return self._top(self.covis_key(item_id), self.covis_landmark_key, item_id, h, k, at)
 
+    def candidate_inputs(
+        self, item_ids: Iterable[str], covis_k: int, trending_k: int, at: float
+    ) -> tuple[dict[str, list[tuple[str, float]]], list[tuple[str, float]]]:
+        """Co-visitation neighbours of `item_ids` and the trending list, in ONE round trip.
+
+        Scores are read at event time `at` (neighbours best first; trending at the first
+        trending half-life).
+        """
+        unique = list(dict.fromkeys(item_ids))
+        h = self.covis_half_life_s
+        trend_h = self.trending_half_lives_s[0]
+        with self.client.pipeline(transaction=False) as pipe:
+            for iid in unique:
+                pipe.zrevrange(self.covis_key(iid), 0, covis_k - 1, withscores=True)
+            if unique:
+                pipe.hmget(self.covis_landmark_key, unique)
+            pipe.zrevrange(self.trending_key(trend_h), 0, trending_k - 1, withscores=True)
+            pipe.hget(self.trending_landmark_key, n.half_life_suffix(trend_h))
+            replies = pipe.execute()
+        covis: dict[str, list[tuple[str, float]]] = {}
+        if unique:
+            landmarks = replies[len(unique)]
+            for iid, members, lm in zip(unique, replies[: len(unique)], landmarks, strict=True):
+                if members and lm is not None:
+                    f = 2.0 ** ((float(lm) - at) / h)
+                    covis[iid] = [(m.decode("utf-8"), float(s) * f) for m, s in members]
+        members, lm = replies[-2], replies[-1]
+        trending: list[tuple[str, float]] = []
+        if members and lm is not None:
+            f = 2.0 ** ((float(lm) - at) / trend_h)
+            trending = [(m.decode("utf-8"), float(s) * f) for m, s in members]
+        return covis, trending
+
     # ------------------------------------------------------------------ writes
     def _build_header(self) -> list[Any]:
         """The configuration part of the Lua script's ARGV (read in apply_batch.lua's order)."""

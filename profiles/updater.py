@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 from collections import OrderedDict
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -109,6 +109,9 @@ class ProfileUpdater:
         self.catalog = ItemCatalog(self.config.embedding_dim)
         self._users: dict[Partition, dict[str, UserState]] = {}
         self._fences: dict[Partition, int] = {}
+        #: called with a batch's user states before its events are applied (recommendations
+        #: snapshot the users' contexts there)
+        self.before_apply: Callable[[Mapping[str, UserState], Sequence[Event]], None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._inflight: tuple[object, _Inputs, BatchOutcome, Future[ApplyResult]] | None = None
         self._redo: list[tuple[object, _Inputs]] = []
@@ -127,6 +130,15 @@ class ProfileUpdater:
         for p in partitions:
             self._users.pop(p, None)
             self._fences.pop(p, None)
+
+    def states_of(self, users: Mapping[str, Partition]) -> dict[str, UserState]:
+        """The cached states of these users (user -> their partition)."""
+        out: dict[str, UserState] = {}
+        for uid, p in users.items():
+            state = self._users.get(p, {}).get(uid)
+            if state is not None:
+                out[uid] = state
+        return out
 
     def cached_users(self) -> int:
         return sum(len(users) for users in self._users.values())
@@ -371,6 +383,8 @@ class ProfileUpdater:
     ) -> tuple[PreparedBatch, list[str]]:
         """Apply the events to the cached states and encode the batch's one Redis write."""
         states = self._states_for(events, coords)
+        if self.before_apply is not None:
+            self.before_apply(states, events)
         metas = self._metas_for(events)
         weights = self.config.type_weights
         item_events: list[tuple[str, str, float, float]] = []

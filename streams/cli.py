@@ -92,6 +92,16 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--idle-timeout", type=float, default=None, help="stop after N s without input")
     worker.set_defaults(func=cmd_worker)
 
+    recs = sub.add_parser("recs", help="the latest list published for a user")
+    recs.add_argument("user_id")
+    recs.add_argument("--json", action="store_true", help="print the message as JSON")
+    recs.set_defaults(func=cmd_recs)
+
+    tail = sub.add_parser("tail", help="follow the recommendations topic")
+    tail.add_argument("--from-beginning", action="store_true")
+    tail.add_argument("--max", type=int, default=None, help="stop after N messages")
+    tail.set_defaults(func=cmd_tail)
+
     backfill = sub.add_parser(
         "backfill", help="compute features offline from an event log into the Feast offline store"
     )
@@ -237,6 +247,55 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     )  # fmt: skip
     stats = worker.run(max_events=args.max_events, idle_timeout_s=args.idle_timeout)
     print(f"worker stopped: {stats.events} events, {stats.rejected} dead-lettered, {stats.batches} batches")
+    return 0
+
+
+def cmd_recs(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.publish import latest_lists
+
+    found = latest_lists(settings, args.user_id).get(args.user_id)
+    if found is None:
+        print(f"no list published for {args.user_id!r} on {settings.topic_recommendations}", file=sys.stderr)
+        return 1
+    if args.json:
+        import json
+
+        print(json.dumps(found, indent=2))
+        return 0
+    print(f"{found['user_id']}: {len(found['items'])} items, generated {found['generated_at']}, "
+          f"after event {found['trigger_event_id']} ({found['model_version']})")  # fmt: skip
+    for rank, item in enumerate(found["items"], 1):
+        print(f"  {rank:>2}. {item['item_id']:<12} score {item['score']:.3f}  source {item['source']:<9} "
+              f"propensity {item['propensity']:.2f}")  # fmt: skip
+    return 0
+
+
+def cmd_tail(settings: Settings, args: argparse.Namespace) -> int:
+    import uuid
+
+    from confluent_kafka import Consumer
+
+    consumer = Consumer(
+        {
+            "bootstrap.servers": settings.kafka_bootstrap_servers,
+            "group.id": f"freshrec-tail-{uuid.uuid4().hex[:8]}",
+            "auto.offset.reset": "earliest" if args.from_beginning else "latest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([settings.topic_recommendations])
+    shown = 0
+    try:
+        while args.max is None or shown < args.max:
+            msg = consumer.poll(1.0)
+            if msg is None or msg.error() is not None:
+                continue
+            print(msg.value().decode(), flush=True)
+            shown += 1
+    except KeyboardInterrupt:
+        pass
+    finally:
+        consumer.close()
     return 0
 
 

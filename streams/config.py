@@ -48,6 +48,7 @@ class Settings:
     user_ttl_s: float = 30 * 86400.0
     feast_project: str = "freshrec"
     top_k: int = 10
+    recommend: bool = True
     metrics_port: int = 9400
     stack_dir: str = ".stack"
     kafka_controller_port: int = 9093

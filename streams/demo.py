@@ -76,6 +76,11 @@ def run_demo(settings: Settings, args: argparse.Namespace) -> int:
         elapsed = time.monotonic() - started
         stats = worker.stats
         say.step("what the worker did")
+        if stats.events == 0 and already >= args.events:
+            say.detail(
+                f"nothing new: group {settings.group_id} had already applied {settings.topic_events}; "
+                "to watch it again: freshrec stack down && rm -rf .stack && ./scripts/demo.sh"
+            )
         say.detail(
             f"{stats.events:,} events applied in {stats.batches:,} micro-batches "
             f"({stats.events_per_s:,.0f} events/s while busy; {elapsed:.1f} s in all), "
@@ -148,6 +153,19 @@ def _show_profiles(settings: Settings, handler: ProfileHandler, events_path: Pat
     say.detail(
         "read the same features through Feast: cd feature_repo && feast apply (see feature_repo/README.md)"
     )
+    if handler.stage is not None:
+        from streams.publish import latest_lists
+
+        latest = latest_lists(settings, user).get(user)
+        say.step(f"latest list published for {user} on {settings.topic_recommendations}")
+        if latest is None:
+            say.detail("none yet")
+        else:
+            for rank, item in enumerate(latest["items"], 1):
+                say.detail(
+                    f"{rank:>2}. {item['item_id']:<8} score {item['score']:.3f}  source {item['source']}"
+                )
+            say.detail(f"({handler.stats.published:,} lists published; follow them: freshrec tail)")
 
 
 class _Say:

@@ -8,11 +8,14 @@ from dataclasses import dataclass, field
 
 import redis
 
-from profiles.events import Item
+from profiles.events import Event, Item
+from profiles.recommend import RecommendationStage, StageConfig
 from profiles.store import RedisFeatureStore
 from profiles.updater import BatchOutcome, ProfileUpdater
 from profiles.user_state import ProfileConfig
+from scoring.recommender import Recommender
 from streams.config import Settings
+from streams.publish import Publisher, RecList
 from streams.worker import DecodedBatch, TopicPartitionKey
 
 log = logging.getLogger("freshrec.handler")
@@ -42,18 +45,29 @@ class HandlerStats:
     changed_users: int = 0
     forgotten: int = 0
     fence_retries: int = 0
+    published: int = 0
     last_outcome: BatchOutcome | None = None
     redis_seconds: list[float] = field(default_factory=list)
 
 
 class ProfileHandler:
-    """Applies each batch's catalog records and events to the profiles in Redis."""
+    """Applies each batch's catalog records and events to the profiles in Redis and, with
+    `recommend=True`, publishes a fresh list for every user the batch changed."""
 
-    def __init__(self, settings: Settings, store: RedisFeatureStore | None = None) -> None:
+    def __init__(
+        self, settings: Settings, store: RedisFeatureStore | None = None, *, recommend: bool | None = None
+    ) -> None:
         self.settings = settings
         self.store = store or make_store(settings)
         self.updater = ProfileUpdater(self.store)
         self.stats = HandlerStats()
+        self.stage: RecommendationStage | None = None
+        self.publisher: Publisher | None = None
+        self._lists: dict[int, list[RecList]] = {}
+        if settings.recommend if recommend is None else recommend:
+            self.stage = RecommendationStage(self.store, Recommender(), StageConfig(k=settings.top_k))
+            self.updater.before_apply = self.stage.before_batch
+            self.publisher = Publisher(settings)
 
     def on_assign(self, partitions: list[TopicPartitionKey]) -> None:
         events = [p for p in partitions if p[0] == self.settings.topic_events]
@@ -69,6 +83,9 @@ class ProfileHandler:
         """Catalog records: cached for enrichment; written to Redis (at bootstrap only those
         Redis does not hold yet, so a restart does not rewrite the whole catalog)."""
         self.updater.add_items(items, only_missing=bootstrap)
+        if self.stage is not None:
+            vectors = {i.item_id: meta.vector for i in items if (meta := self.updater.catalog.get(i.item_id))}
+            self.stage.add_items(items, vectors)
 
     def handle(self, batch: DecodedBatch) -> list[DecodedBatch]:
         """Apply a batch pipelined: returns the batches whose Redis write is now done."""
@@ -81,7 +98,34 @@ class ProfileHandler:
         done = self.updater.submit(batch, batch.events, coords, offsets, forgets)
         self.stats.redis_seconds.append(time.perf_counter() - started)
         del self.stats.redis_seconds[:-1000]
+        if self.stage is not None:
+            self._recommend(batch, coords)
         return self._record(done)
+
+    def _recommend(self, batch: DecodedBatch, coords: list[tuple[str, int, int]]) -> None:
+        """Learn the batch's events, then compute the changed users' lists (published when
+        the batch is durable, in `_record`)."""
+        assert self.stage is not None
+        self.stage.learn(batch.events, coords)
+        triggers: dict[str, tuple[Event, tuple[str, int]]] = {}
+        for event, (topic, partition, _) in zip(batch.events, coords, strict=True):
+            triggers[event.user_id] = (event, (topic, partition))
+        forgotten = {f.user_id for f, _ in batch.forgets}
+        states = self.updater.states_of({u: p for u, (_, p) in triggers.items() if u not in forgotten})
+        version = f"freshrec-0.1:learned={self.stage.recommender.events_learned}"
+        self._lists[id(batch)] = [
+            RecList(
+                uid,
+                [item.to_json() for item in items],
+                triggers[uid][0].event_id,
+                triggers[uid][0].ts,
+                version,
+            )
+            for uid, items in self.stage.lists(states).items()
+            if items
+        ]
+        if self.publisher is not None and forgotten:
+            self.publisher.forget(sorted(forgotten))
 
     def flush(self) -> list[DecodedBatch]:
         return self._record(self.updater.flush())
@@ -89,6 +133,10 @@ class ProfileHandler:
     def _record(self, done: list[tuple[object, BatchOutcome]]) -> list[DecodedBatch]:
         batches = []
         for token, outcome in done:
+            lists = self._lists.pop(id(token), None)
+            if lists and self.publisher is not None:
+                self.publisher.publish(lists)
+                self.stats.published += len(lists)
             self.stats.applied_events += outcome.applied_events
             self.stats.skipped_events += outcome.skipped_events
             self.stats.changed_users += len(outcome.changed_users)
@@ -97,11 +145,15 @@ class ProfileHandler:
             self.stats.last_outcome = outcome
             assert isinstance(token, DecodedBatch)
             batches.append(token)
+        if batches and self.publisher is not None:
+            self.publisher.flush()  # lists delivered before the batch's offsets are committed
         return batches
 
     #: errors after which the worker retries the same batch (with backoff) instead of failing
     transient_errors = (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)
 
     def close(self) -> None:
+        if self.publisher is not None:
+            self.publisher.flush()
         self.updater.close()
         self.store.client.close()

@@ -77,6 +77,7 @@ def settings(stack_endpoints: tuple[str, str], request: pytest.FixtureRequest) -
         group_id=f"g-{tag}",
         partitions=2,
         feast_project=f"p{uuid.uuid4().hex[:10]}",
+        recommend=False,  # profile tests; tests of the lists turn it on
     )
     create_topics(s)
     return s

@@ -1,0 +1,137 @@
+"""Fresh top-K lists for the users a micro-batch changed, and online learning from its events.
+
+`RecommendationStage` sits beside `ProfileUpdater`: before a batch's events are applied it
+snapshots each touched user's context (what the user looked like when the events arrived:
+the list served then is what the events are scored against), and after the batch it
+recommends for every changed user from the updated state. Candidate inputs that other
+workers also feed (co-visitation neighbours, trending) come from Redis in one pipelined
+read per batch; the models (`scoring.Recommender`) learn each event with the context from
+before its batch, predict first and learn after, and skip an offset already learned.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from profiles.events import Event, Item
+from profiles.store import RedisFeatureStore
+from profiles.updater import Coords
+from profiles.user_state import UserState
+from scoring.candidates import CandidateSet
+from scoring.recommender import Recommender
+from scoring.types import CandidateInputs, Interaction, RecItem, UserContext
+
+
+@dataclass(slots=True)
+class StageConfig:
+    """How many items a list has and how much the candidate read fetches."""
+
+    k: int = 10
+    covis_k: int = 50
+    trending_k: int = 200
+    recent_n: int = 10
+    top_categories: int = 8
+
+
+@dataclass(slots=True)
+class BatchLists:
+    """One batch's lists (user -> items) and the event that triggered each."""
+
+    lists: dict[str, list[RecItem]] = field(default_factory=dict)
+    triggers: dict[str, Event] = field(default_factory=dict)
+
+
+class RecommendationStage:
+    """Contexts before a batch, learning from its events, lists after it."""
+
+    def __init__(
+        self, store: RedisFeatureStore, recommender: Recommender, config: StageConfig | None = None
+    ) -> None:
+        self.store = store
+        self.recommender = recommender
+        self.config = config or StageConfig()
+        self._before: dict[str, tuple[UserContext, CandidateInputs]] = {}
+
+    def add_items(self, items: Sequence[Item], vectors: Mapping[str, np.ndarray]) -> None:
+        """Catalog records (content vectors as the profiles computed them)."""
+        for item in items:
+            vector = vectors.get(item.item_id)
+            self.recommender.add_item(
+                item.item_id,
+                None if vector is None else np.asarray(vector, np.float64),
+                item.categories,
+                item.created_at,
+                dict(item.attributes),
+            )
+
+    def context(self, state: UserState, at: float | None = None) -> UserContext:
+        """A user's context from their profile state (plain data for scoring), at event time
+        `at` (default: the user's latest event)."""
+        cfg = self.config
+        session = state.session
+        recent: tuple[str, ...] = () if session is None else session.recent_items(cfg.recent_n)
+        embedding = None
+        if session is not None and session.embedding_weight > 0.0:
+            embedding = np.asarray(session.embedding(state.config.embedding_dim), np.float64)
+        ts = max(state.updated_at, at or 0.0)
+        return UserContext(
+            user_id=state.user_id,
+            ts=ts,
+            recent_items=recent,
+            session_embedding=embedding,
+            top_categories=tuple(state.category_scores()[: cfg.top_categories]),
+            seen_items=state.seen_items,
+            n_events=sum(state.totals.values()),
+        )
+
+    def _inputs(self, contexts: Mapping[str, UserContext]) -> dict[str, CandidateInputs]:
+        if not contexts:
+            return {}
+        at = max(c.ts for c in contexts.values())
+        items = [i for c in contexts.values() for i in c.recent_items]
+        covis, trending = self.store.candidate_inputs(items, self.config.covis_k, self.config.trending_k, at)
+        return {
+            uid: CandidateInputs({i: covis[i] for i in c.recent_items if i in covis}, trending)
+            for uid, c in contexts.items()
+        }
+
+    def before_batch(self, states: Mapping[str, UserState], events: Sequence[Event]) -> None:
+        """Snapshot the contexts of the batch's users before their events are applied, at
+        the time of each user's first event in the batch."""
+        first: dict[str, float] = {}
+        for event in events:
+            first.setdefault(event.user_id, event.ts)
+        contexts = {uid: self.context(s, first.get(uid)) for uid, s in states.items()}
+        inputs = self._inputs(contexts)
+        self._before = {uid: (contexts[uid], inputs[uid]) for uid in contexts}
+
+    def learn(self, events: Sequence[Event], coords: Sequence[Coords]) -> int:
+        """Learn every event with its user's context from before the batch; returns how many
+        were learned (an offset learned before, e.g. after a restart, is skipped)."""
+        learned = 0
+        candidate_sets: dict[str, CandidateSet] = {}
+        for event, (topic, partition, offset) in zip(events, coords, strict=True):
+            before = self._before.get(event.user_id)
+            if before is None:
+                continue
+            ctx, inputs = before
+            cs = candidate_sets.get(event.user_id)
+            if cs is None:
+                cs = candidate_sets[event.user_id] = self.recommender.candidates(ctx, inputs)
+            interaction = Interaction(event.user_id, event.item_id, event.ts, event.type, event.value)
+            if self.recommender.learn(
+                interaction, ctx, inputs, cs, position=(f"{topic}:{partition}", offset)
+            ):
+                learned += 1
+        self._before = {}
+        return learned
+
+    def lists(self, states: Mapping[str, UserState]) -> dict[str, list[RecItem]]:
+        """Fresh top-K lists for the given (changed) users, from their current state."""
+        contexts = {uid: self.context(s) for uid, s in states.items()}
+        inputs = self._inputs(contexts)
+        k = self.config.k
+        return {uid: self.recommender.recommend(contexts[uid], inputs[uid], k) for uid in contexts}
