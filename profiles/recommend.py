@@ -11,6 +11,7 @@ before its batch, predict first and learn after, and skip an offset already lear
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -21,6 +22,7 @@ from profiles.store import RedisFeatureStore
 from profiles.updater import Coords
 from profiles.user_state import UserState
 from scoring.candidates import CandidateSet
+from scoring.metrics import PrequentialMetrics
 from scoring.recommender import Recommender
 from scoring.types import CandidateInputs, Interaction, RecItem, UserContext
 
@@ -54,6 +56,11 @@ class RecommendationStage:
         self.recommender = recommender
         self.config = config or StageConfig()
         self._before: dict[str, tuple[UserContext, CandidateInputs]] = {}
+        self._served: dict[str, list[str]] = {}  # the list each user was last given
+        k = self.config.k
+        self.metrics = {name: PrequentialMetrics(k) for name in ("freshrec", "popularity", "covisitation")}
+        self._squared_error = 0.0
+        self._ratings = 0
 
     def add_items(self, items: Sequence[Item], vectors: Mapping[str, np.ndarray]) -> None:
         """Catalog records (content vectors as the profiles computed them)."""
@@ -109,15 +116,36 @@ class RecommendationStage:
         self._before = {uid: (contexts[uid], inputs[uid]) for uid in contexts}
 
     def learn(self, events: Sequence[Event], coords: Sequence[Coords]) -> int:
-        """Learn every event with its user's context from before the batch; returns how many
-        were learned (an offset learned before, e.g. after a restart, is skipped)."""
+        """Score every event prequentially, then learn it with its user's context from before
+        the batch; returns how many were learned (an offset learned before, e.g. after a
+        restart, is skipped and not scored again).
+
+        Scored against each event, side by side: freshrec's list as last served to the user
+        (a user never served gets the trending list, as a service would), decayed
+        popularity (trending minus seen) and co-visitation of the user's last 10 items.
+        """
         learned = 0
+        k = self.config.k
         candidate_sets: dict[str, CandidateSet] = {}
+        baselines: dict[str, tuple[list[str], list[str]]] = {}
         for event, (topic, partition, offset) in zip(events, coords, strict=True):
             before = self._before.get(event.user_id)
             if before is None:
                 continue
             ctx, inputs = before
+            if offset <= self.recommender.offsets.get(f"{topic}:{partition}", -1):
+                continue
+            lists = baselines.get(event.user_id)
+            if lists is None:
+                lists = baselines[event.user_id] = baseline_lists(ctx, inputs, k)
+            popular, covisited = lists
+            self.metrics["freshrec"].update(self._served.get(event.user_id, popular), event.item_id)
+            self.metrics["popularity"].update(popular, event.item_id)
+            self.metrics["covisitation"].update(covisited, event.item_id)
+            if event.type == "rate" and event.value is not None:
+                error = self.recommender.predict_rating(event.user_id, event.item_id) - event.value
+                self._squared_error += error * error
+                self._ratings += 1
             cs = candidate_sets.get(event.user_id)
             if cs is None:
                 cs = candidate_sets[event.user_id] = self.recommender.candidates(ctx, inputs)
@@ -134,4 +162,43 @@ class RecommendationStage:
         contexts = {uid: self.context(s) for uid, s in states.items()}
         inputs = self._inputs(contexts)
         k = self.config.k
-        return {uid: self.recommender.recommend(contexts[uid], inputs[uid], k) for uid in contexts}
+        out = {uid: self.recommender.recommend(contexts[uid], inputs[uid], k) for uid in contexts}
+        for uid, items in out.items():
+            self._served[uid] = [item.item_id for item in items]
+        return out
+
+    def forget(self, user_ids: Sequence[str]) -> None:
+        for uid in user_ids:
+            self._served.pop(uid, None)
+
+    def metrics_result(self, catalog_size: int) -> dict[str, dict[str, float]]:
+        """HR/NDCG/MRR (and coverage) per model so far; freshrec's with prequential RMSE."""
+        out = {name: m.result(catalog_size) for name, m in self.metrics.items()}
+        rmse = math.sqrt(self._squared_error / self._ratings) if self._ratings else float("nan")
+        out["freshrec"]["rmse"] = rmse
+        return out
+
+
+def baseline_lists(ctx: UserContext, inputs: CandidateInputs, k: int) -> tuple[list[str], list[str]]:
+    """The shadow baselines' lists for a user: decayed popularity (trending minus seen) and
+    co-visitation summed over the user's recent items (minus seen, filled with popularity).
+
+    >>> ctx = UserContext("u", 0.0, recent_items=("a",), seen_items=frozenset({"a"}))
+    >>> inputs = CandidateInputs({"a": [("b", 2.0), ("c", 1.0)]}, [("a", 9.0), ("d", 5.0)])
+    >>> baseline_lists(ctx, inputs, 3)
+    (['d'], ['b', 'c', 'd'])
+    """
+    seen = ctx.seen_items
+    popular = [item for item, _ in inputs.trending if item not in seen][:k]
+    scores: dict[str, float] = {}
+    for recent in ctx.recent_items:
+        for item, score in inputs.covisitation.get(recent, ()):
+            if item not in seen:
+                scores[item] = scores.get(item, 0.0) + score
+    covisited = [item for item, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
+    for item in popular:
+        if len(covisited) >= k:
+            break
+        if item not in scores:
+            covisited.append(item)
+    return popular, covisited

@@ -11,7 +11,9 @@ import argparse
 import dataclasses
 import logging
 import os
+import signal
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -20,10 +22,20 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # 2-thread BLAS spikes small
 from streams.config import Settings
 from streams.errors import FreshrecError
 
+#: Set by SIGTERM/SIGINT before the worker has installed its own handlers (during start-up),
+#: so a stop requested early is a clean stop, not a kill.
+STOP_REQUESTED = threading.Event()
+
+
+def _request_stop(signum: int, frame: object) -> None:
+    STOP_REQUESTED.set()
+
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.command == "worker" and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _request_stop)
     logging.basicConfig(
         level=os.environ.get("FRESHREC_LOG_LEVEL", "INFO"),
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -241,6 +253,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     handler = _make_handler(settings)
     worker = Worker(settings, handler)
     worker.install_signal_handlers()
+    if STOP_REQUESTED.is_set():  # SIGTERM arrived while starting: stop before consuming
+        worker.stop()
     logging.getLogger("freshrec").info(
         "worker consuming %s and %s as group %s from %s",
         settings.topic_events, settings.topic_items, settings.group_id, settings.kafka_bootstrap_servers,

@@ -166,6 +166,14 @@ def _show_profiles(settings: Settings, handler: ProfileHandler, events_path: Pat
                     f"{rank:>2}. {item['item_id']:<8} score {item['score']:.3f}  source {item['source']}"
                 )
             say.detail(f"({handler.stats.published:,} lists published; follow them: freshrec tail)")
+        say.step(
+            "prequential quality in this run (each event scored against the list in force, then learned)"
+        )
+        results = handler.stage.metrics_result(len(handler.stage.recommender.catalog))
+        k = handler.stage.config.k
+        for name, r in results.items():
+            line = f"{name:<13} HR@{k} {r['hr']:.3f}   NDCG {r['ndcg']:.3f}   MRR {r['mrr']:.3f}"
+            say.detail(f"{line}   coverage {r['coverage']:.2f}   ({r['events']:,} events)")
 
 
 class _Say:

@@ -124,8 +124,10 @@ class ProfileHandler:
             for uid, items in self.stage.lists(states).items()
             if items
         ]
-        if self.publisher is not None and forgotten:
-            self.publisher.forget(sorted(forgotten))
+        if forgotten:
+            self.stage.forget(sorted(forgotten))
+            if self.publisher is not None:
+                self.publisher.forget(sorted(forgotten))
 
     def flush(self) -> list[DecodedBatch]:
         return self._record(self.updater.flush())

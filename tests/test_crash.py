@@ -131,6 +131,7 @@ def test_two_workers_with_a_rebalance_and_a_crash(crash_settings, tmp_path):
     _wait_applied(s, 3 * total // 4, [second])
     third = _start_worker(s, log)  # and a rebalance while the second is busy
     _wait_applied(s, total, [second, third])
+    time.sleep(0.5)  # SIGTERM within the interpreter's own start-up would kill it outright
     for p in (second, third):
         p.send_signal(signal.SIGTERM)
     for p in (second, third):

@@ -26,6 +26,11 @@ def test_changed_users_get_fresh_lists_in_the_documented_format(settings):
     handler = ProfileHandler(settings, recommend=True)
     Worker(settings, handler).run(max_events=len(event_rows), idle_timeout_s=30)
     assert handler.stats.published > 0
+    assert handler.stage is not None
+    metrics = handler.stage.metrics_result(len(item_rows))
+    for name in ("freshrec", "popularity", "covisitation"):  # side by side, on the same events
+        assert metrics[name]["events"] == len(event_rows)
+        assert 0.0 <= metrics[name]["ndcg"] <= metrics[name]["hr"] <= 1.0
 
     messages = read_topic(settings, settings.topic_recommendations, expect=handler.stats.published)
     assert len(messages) == handler.stats.published
