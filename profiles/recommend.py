@@ -61,6 +61,8 @@ class RecommendationStage:
         self.metrics = {name: PrequentialMetrics(k) for name in ("freshrec", "popularity", "covisitation")}
         self._squared_error = 0.0
         self._ratings = 0
+        #: per model, 1/0 per scored event in order (for rolling plots)
+        self.hits: dict[str, list[int]] = {name: [] for name in self.metrics}
 
     def add_items(self, items: Sequence[Item], vectors: Mapping[str, np.ndarray]) -> None:
         """Catalog records (content vectors as the profiles computed them)."""
@@ -139,9 +141,10 @@ class RecommendationStage:
             if lists is None:
                 lists = baselines[event.user_id] = baseline_lists(ctx, inputs, k)
             popular, covisited = lists
-            self.metrics["freshrec"].update(self._served.get(event.user_id, popular), event.item_id)
-            self.metrics["popularity"].update(popular, event.item_id)
-            self.metrics["covisitation"].update(covisited, event.item_id)
+            served = self._served.get(event.user_id, popular)
+            for name, shown in (("freshrec", served), ("popularity", popular), ("covisitation", covisited)):
+                self.metrics[name].update(shown, event.item_id)
+                self.hits[name].append(1 if event.item_id in shown[:k] else 0)
             if event.type == "rate" and event.value is not None:
                 error = self.recommender.predict_rating(event.user_id, event.item_id) - event.value
                 self._squared_error += error * error

@@ -539,12 +539,12 @@ class RedisFeatureStore:
             landmarks = replies[len(unique)]
             for iid, members, lm in zip(unique, replies[: len(unique)], landmarks, strict=True):
                 if members and lm is not None:
-                    f = 2.0 ** ((float(lm) - at) / h)
+                    f = 2.0 ** ((float(lm) - max(at, float(lm))) / h)  # never read before the landmark
                     covis[iid] = [(m.decode("utf-8"), float(s) * f) for m, s in members]
         members, lm = replies[-2], replies[-1]
         trending: list[tuple[str, float]] = []
         if members and lm is not None:
-            f = 2.0 ** ((float(lm) - at) / trend_h)
+            f = 2.0 ** ((float(lm) - max(at, float(lm))) / trend_h)
             trending = [(m.decode("utf-8"), float(s) * f) for m, s in members]
         return covis, trending
 

@@ -104,6 +104,19 @@ def build_parser() -> argparse.ArgumentParser:
     worker.add_argument("--idle-timeout", type=float, default=None, help="stop after N s without input")
     worker.set_defaults(func=cmd_worker)
 
+    ev = sub.add_parser("evaluate", help="replay a dataset through the real pipeline; prequential metrics")
+    ev.add_argument("--events", required=True, help="event file (contract JSON lines, or --format/--map)")
+    ev.add_argument("--format", choices=["csv", "jsonl"], default=None)
+    ev.add_argument("--map", dest="mapping", default=None, help="column mapping, as for replay")
+    ev.add_argument("--items", default=None, help="catalog: contract JSON lines or MovieLens movies.csv")
+    ev.add_argument("--k", type=int, default=10)
+    ev.add_argument("--batch", type=int, default=500, help="events per micro-batch (fixed: deterministic)")
+    ev.add_argument("--json", dest="json_out", default=None)
+    ev.add_argument("--plot", default=None, help="PNG of the rolling hit rate")
+    ev.add_argument("--keep", action="store_true", help="keep the run's topics and Redis keys")
+    ev.add_argument("--file-order", action="store_true", help="replay in file order (default: event time)")
+    ev.set_defaults(func=cmd_evaluate)
+
     recs = sub.add_parser("recs", help="the latest list published for a user")
     recs.add_argument("user_id")
     recs.add_argument("--json", action="store_true", help="print the message as JSON")
@@ -262,6 +275,15 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     stats = worker.run(max_events=args.max_events, idle_timeout_s=args.idle_timeout)
     print(f"worker stopped: {stats.events} events, {stats.rejected} dead-lettered, {stats.batches} batches")
     return 0
+
+
+def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
+    if os.environ.get("PYTHONHASHSEED") != "0":  # set iteration order: the same input, the same metrics
+        env = {**os.environ, "PYTHONHASHSEED": "0"}
+        os.execve(sys.executable, [sys.executable, "-m", "streams.cli", *sys.argv[1:]], env)
+    from streams.evaluate import main_evaluate
+
+    return main_evaluate(settings, args)
 
 
 def cmd_recs(settings: Settings, args: argparse.Namespace) -> int:

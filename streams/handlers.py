@@ -46,6 +46,8 @@ class HandlerStats:
     forgotten: int = 0
     fence_retries: int = 0
     published: int = 0
+    #: batch pulled from Kafka -> its lists handed to the producer, ms (last 100,000 batches)
+    freshness_ms: list[float] = field(default_factory=list)
     last_outcome: BatchOutcome | None = None
     redis_seconds: list[float] = field(default_factory=list)
 
@@ -139,6 +141,9 @@ class ProfileHandler:
             if lists and self.publisher is not None:
                 self.publisher.publish(lists)
                 self.stats.published += len(lists)
+                assert isinstance(token, DecodedBatch)
+                self.stats.freshness_ms.append((time.monotonic() - token.pulled_at) * 1000.0)
+                del self.stats.freshness_ms[:-100_000]
             self.stats.applied_events += outcome.applied_events
             self.stats.skipped_events += outcome.skipped_events
             self.stats.changed_users += len(outcome.changed_users)

@@ -44,6 +44,7 @@ class DecodedBatch:
     forgets: list[tuple[ForgetUser, Coordinates]] = field(default_factory=list)
     offsets: dict[TopicPartitionKey, tuple[int, int]] = field(default_factory=dict)
     rejected: int = 0
+    pulled_at: float = field(default_factory=time.monotonic)
 
     def __len__(self) -> int:
         return len(self.events) + len(self.forgets)
@@ -142,10 +143,15 @@ class Worker:
         consumer: Consumer | None = None,
         dlq_producer: Producer | None = None,
         on_batch: Callable[[DecodedBatch, WorkerStats], None] | None = None,
+        exact_batches: bool = False,
     ) -> None:
+        """`exact_batches`: every batch holds `batch_max_events` messages unless a partition's
+        end is reached (deterministic batch boundaries for `freshrec evaluate`)."""
         self.settings = settings
         self.handler = handler
-        self.consumer = consumer or make_consumer(settings, group_id)
+        self.exact_batches = exact_batches
+        extra = {"enable.partition.eof": True} if exact_batches else {}
+        self.consumer = consumer or make_consumer(settings, group_id, **extra)
         self.dlq = dlq_producer or make_producer(settings, **{"linger.ms": 0})
         self.on_batch = on_batch
         self.catalog = CatalogReader(settings, self._dead_letter)
@@ -176,7 +182,7 @@ class Worker:
                 new_items = self.catalog.poll()
                 if new_items:
                     self.handler.on_catalog(new_items, False)
-                messages = self.consumer.consume(s.batch_max_events, s.batch_max_wait_ms / 1000.0)
+                messages = self._consume(s.batch_max_events, s.batch_max_wait_ms / 1000.0)
                 if not messages:
                     self._commit_all(self._flush_with_retry())
                     if idle_timeout_s is not None and time.monotonic() - last_message > idle_timeout_s:
@@ -197,6 +203,20 @@ class Worker:
         return self.stats
 
     # ------------------------------------------------------------------ steps
+    def _consume(self, n: int, timeout: float) -> list[Message]:
+        messages = self.consumer.consume(n, timeout)
+        if not self.exact_batches:
+            return messages
+        while messages:
+            real = sum(1 for m in messages if m.error() is None)
+            if real >= n or any(m.error() is not None for m in messages):
+                break  # full, or a partition's end (EOF) was reached
+            more = self.consumer.consume(n - real, timeout)
+            if not more:
+                break
+            messages += more
+        return [m for m in messages if m.error() is None or m.error().code() != KafkaError._PARTITION_EOF]
+
     def _decode(self, messages: Iterable[Message]) -> DecodedBatch:
         batch = DecodedBatch()
         for msg in messages:
