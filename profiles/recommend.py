@@ -76,9 +76,10 @@ class RecommendationStage:
                 dict(item.attributes),
             )
 
-    def context(self, state: UserState, at: float | None = None) -> UserContext:
+    def context(self, state: UserState, at: float | None = None, frozen: bool = False) -> UserContext:
         """A user's context from their profile state (plain data for scoring), at event time
-        `at` (default: the user's latest event)."""
+        `at` (default: the user's latest event). `frozen` copies the seen items, for a
+        context that must not change while the state goes on (the pre-batch snapshot)."""
         cfg = self.config
         session = state.session
         recent: tuple[str, ...] = () if session is None else session.recent_items(cfg.recent_n)
@@ -92,7 +93,7 @@ class RecommendationStage:
             recent_items=recent,
             session_embedding=embedding,
             top_categories=tuple(state.category_scores()[: cfg.top_categories]),
-            seen_items=state.seen_items,
+            seen_items=frozenset(state.seen_items) if frozen else state.seen_items,
             n_events=sum(state.totals.values()),
         )
 
@@ -113,7 +114,7 @@ class RecommendationStage:
         first: dict[str, float] = {}
         for event in events:
             first.setdefault(event.user_id, event.ts)
-        contexts = {uid: self.context(s, first.get(uid)) for uid, s in states.items()}
+        contexts = {uid: self.context(s, first.get(uid), frozen=True) for uid, s in states.items()}
         inputs = self._inputs(contexts)
         self._before = {uid: (contexts[uid], inputs[uid]) for uid in contexts}
 

@@ -35,6 +35,8 @@ def make_store(settings: Settings, client: redis.Redis | None = None) -> RedisFe
         namespace=settings.feast_project,  # non-Feast keys (seen, covis, offsets) share its prefix
         group=settings.group_id,
         user_ttl_s=settings.user_ttl_s,
+        covis_half_life_s=settings.covis_half_life_s,
+        trending_half_lives_s=(settings.trending_half_life_s,),
     )
 
 
