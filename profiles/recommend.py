@@ -32,6 +32,10 @@ class StageConfig:
     """How many items a list has and how much the candidate read fetches."""
 
     k: int = 10
+    #: "batch": each event is scored against the list published after the previous batch
+    #: (what a consumer of the topic had); "event": against the list computed the moment it
+    #: arrives, from the state after the user's previous event (per-event prequential)
+    protocol: str = "batch"
     covis_k: int = 50
     trending_k: int = 200
     recent_n: int = 10
@@ -57,6 +61,7 @@ class RecommendationStage:
         self.config = config or StageConfig()
         self._before: dict[str, tuple[UserContext, CandidateInputs]] = {}
         self._served: dict[str, list[str]] = {}  # the list each user was last given
+        self._batch_inputs: tuple[dict[str, list[tuple[str, float]]], list[tuple[str, float]]] = ({}, [])
         k = self.config.k
         self.metrics = {name: PrequentialMetrics(k) for name in ("freshrec", "popularity", "covisitation")}
         self._squared_error = 0.0
@@ -111,12 +116,45 @@ class RecommendationStage:
     def before_batch(self, states: Mapping[str, UserState], events: Sequence[Event]) -> None:
         """Snapshot the contexts of the batch's users before their events are applied, at
         the time of each user's first event in the batch."""
+        if self.config.protocol == "event":
+            # one read for every item the batch can make recent, plus trending
+            items = [i for s in states.values() for i in self.context(s).recent_items]
+            items += [e.item_id for e in events]
+            at = max((e.ts for e in events), default=0.0)
+            self._batch_inputs = self.store.candidate_inputs(
+                items, self.config.covis_k, self.config.trending_k, at
+            )
+            return
         first: dict[str, float] = {}
         for event in events:
             first.setdefault(event.user_id, event.ts)
         contexts = {uid: self.context(s, first.get(uid), frozen=True) for uid, s in states.items()}
         inputs = self._inputs(contexts)
         self._before = {uid: (contexts[uid], inputs[uid]) for uid in contexts}
+
+    def before_event(self, state: UserState, event: Event, where: Coords) -> None:
+        """Per-event protocol: score the list computed from the user's state right now,
+        side by side with the baselines, then learn the event (predict first)."""
+        topic, partition, offset = where
+        position = (f"{topic}:{partition}", offset)
+        if offset <= self.recommender.offsets.get(position[0], -1):
+            return  # scored and learned before (a recomputed batch)
+        ctx = self.context(state, event.ts)
+        covis, trending = self._batch_inputs
+        inputs = CandidateInputs({i: covis[i] for i in ctx.recent_items if i in covis}, trending)
+        cs = self.recommender.candidates(ctx, inputs)
+        k = self.config.k
+        served = [item.item_id for item in self.recommender.recommend(ctx, inputs, k, cs)]
+        popular, covisited = baseline_lists(ctx, inputs, k)
+        for name, shown in (("freshrec", served), ("popularity", popular), ("covisitation", covisited)):
+            self.metrics[name].update(shown, event.item_id)
+            self.hits[name].append(1 if event.item_id in shown[:k] else 0)
+        if event.type == "rate" and event.value is not None:
+            error = self.recommender.predict_rating(event.user_id, event.item_id) - event.value
+            self._squared_error += error * error
+            self._ratings += 1
+        interaction = Interaction(event.user_id, event.item_id, event.ts, event.type, event.value)
+        self.recommender.learn(interaction, ctx, inputs, cs, position=position)
 
     def learn(self, events: Sequence[Event], coords: Sequence[Coords]) -> int:
         """Score every event prequentially, then learn it with its user's context from before

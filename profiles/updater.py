@@ -112,6 +112,9 @@ class ProfileUpdater:
         #: called with a batch's user states before its events are applied (recommendations
         #: snapshot the users' contexts there)
         self.before_apply: Callable[[Mapping[str, UserState], Sequence[Event]], None] | None = None
+        #: called with a user's state, the event and its coordinates just before the event is
+        #: applied (per-event prequential evaluation scores and learns there)
+        self.before_event: Callable[[UserState, Event, Coords], None] | None = None
         self._executor: ThreadPoolExecutor | None = None
         self._inflight: tuple[object, _Inputs, BatchOutcome, Future[ApplyResult]] | None = None
         self._redo: list[tuple[object, _Inputs]] = []
@@ -391,8 +394,11 @@ class ProfileUpdater:
         covis: list[tuple[str, str, float, float]] = []
         seen_adds: dict[str, list[str]] = {}
         changed: dict[str, UserState] = {}
-        for event in events:
+        before_event = self.before_event
+        for k, event in enumerate(events):
             state = states[event.user_id]
+            if before_event is not None:
+                before_event(state, event, coords[k])
             partners = state.covisit_partners(event)
             if partners:
                 covis += covisit_pairs(partners, event.item_id, event.ts, weights[event.type])

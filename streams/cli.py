@@ -115,6 +115,11 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--plot", default=None, help="PNG of the rolling hit rate")
     ev.add_argument("--keep", action="store_true", help="keep the run's topics and Redis keys")
     ev.add_argument("--file-order", action="store_true", help="replay in file order (default: event time)")
+    ev.add_argument(
+        "--protocol", choices=["event", "batch"], default="event",
+        help="event: each event scored against the list computed when it arrives (default); "
+        "batch: against the list published after the previous micro-batch",
+    )  # fmt: skip
     ev.set_defaults(func=cmd_evaluate)
 
     recs = sub.add_parser("recs", help="the latest list published for a user")

@@ -51,6 +51,7 @@ class Settings:
     feast_project: str = "freshrec"
     top_k: int = 10
     recommend: bool = True
+    prequential: str = "batch"
     metrics_port: int = 9400
     stack_dir: str = ".stack"
     kafka_controller_port: int = 9093

@@ -67,6 +67,7 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> dict[str, Any]
         top_k=args.k,
         batch_max_events=args.batch,
         recommend=True,
+        prequential=args.protocol,
     )
     create_topics(s)
     try:

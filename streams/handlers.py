@@ -15,6 +15,7 @@ from profiles.updater import BatchOutcome, ProfileUpdater
 from profiles.user_state import ProfileConfig
 from scoring.recommender import Recommender
 from streams.config import Settings
+from streams.errors import ConfigError
 from streams.publish import Publisher, RecList
 from streams.worker import DecodedBatch, TopicPartitionKey
 
@@ -68,9 +69,15 @@ class ProfileHandler:
         self.stage: RecommendationStage | None = None
         self.publisher: Publisher | None = None
         self._lists: dict[int, list[RecList]] = {}
+        if settings.prequential not in ("batch", "event"):
+            raise ConfigError(f"FRESHREC_PREQUENTIAL={settings.prequential!r}: expected batch or event")
         if settings.recommend if recommend is None else recommend:
-            self.stage = RecommendationStage(self.store, Recommender(), StageConfig(k=settings.top_k))
+            self.stage = RecommendationStage(
+                self.store, Recommender(), StageConfig(k=settings.top_k, protocol=settings.prequential)
+            )
             self.updater.before_apply = self.stage.before_batch
+            if settings.prequential == "event":
+                self.updater.before_event = self.stage.before_event
             self.publisher = Publisher(settings)
 
     def on_assign(self, partitions: list[TopicPartitionKey]) -> None:
