@@ -2,6 +2,8 @@
 
 Sources (`scoring.types.SOURCES`), in priority order for the item's named source:
 
+- `knn`: item-kNN over the user's whole recent history (`scoring.knn`): the recommender
+  passes the best `n_knn` unseen items by kNN score;
 - `covis`: neighbours of the user's recent items, `Σ_p decay^p · score(recentₚ → item)`
   over the `recent_n` most recent items (position p = 0 for the latest), from the
   co-visitation lists the caller fetched;
@@ -42,13 +44,14 @@ from scoring.types import SOURCES, CandidateInputs, FloatArray, UserContext
 __all__ = ["CandidateConfig", "CandidateSet", "generate"]
 
 IntArray = NDArray[np.int64]
-COVIS, SESSION, CATEGORY, TRENDING, CONTEXT, CONTENT = range(len(SOURCES))
+KNN, COVIS, SESSION, CATEGORY, TRENDING, CONTEXT, CONTENT = range(len(SOURCES))
 
 
 @dataclass(frozen=True, slots=True)
 class CandidateConfig:
     """How many candidates each source may contribute."""
 
+    n_knn: int = 200
     recent_n: int = 10
     recent_decay: float = 0.8
     covis_per_item: int = 50
@@ -71,6 +74,8 @@ class CandidateSet:
     source_mask: FloatArray
     covis: FloatArray
     trending: FloatArray
+    #: item-kNN score of each candidate (0 when the kNN source did not propose it)
+    knn: FloatArray | None = None
     #: filled by the recommender: features, ranker logits
     features: FloatArray | None = None
     scores: FloatArray | None = None
@@ -80,11 +85,21 @@ class CandidateSet:
 
 
 def generate(
-    ctx: UserContext, inputs: CandidateInputs, catalog: ItemCatalog, cfg: CandidateConfig
+    ctx: UserContext,
+    inputs: CandidateInputs,
+    catalog: ItemCatalog,
+    cfg: CandidateConfig,
+    knn: tuple[IntArray, FloatArray] | None = None,
 ) -> CandidateSet:
-    """Candidates for `ctx` from every source that has something (see the module doc)."""
+    """Candidates for `ctx` from every source that has something (see the module doc);
+    `knn` = (item indices, kNN scores) of the kNN source, best first."""
     parts: list[IntArray] = []
     codes: list[int] = []
+    n_knn = 0
+    if knn is not None and knn[0].shape[0]:
+        parts.append(knn[0].astype(np.int64))
+        codes.append(KNN)
+        n_knn = knn[0].shape[0]
     index = catalog.index
     covis_idx: list[int] = []
     covis_val: list[float] = []
@@ -148,7 +163,7 @@ def generate(
 
     if not parts:
         z = np.zeros(0)
-        return CandidateSet(np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros((0, len(SOURCES))), z, z)
+        return CandidateSet(np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros((0, len(SOURCES))), z, z, z)
     every = np.concatenate(parts)
     code = np.repeat(np.array(codes, dtype=np.int64), [p.shape[0] for p in parts])
     # first occurrence order: sources in priority order come first
@@ -164,8 +179,11 @@ def generate(
     source = np.argmax(source_mask, axis=1).astype(np.int8)
     covis = np.zeros(n)
     trend = np.zeros(n)
+    knn_val = np.zeros(n)
+    if n_knn and knn is not None:
+        knn_val[row[:n_knn]] = knn[1]
     if covis_idx:
-        covis[row[: len(covis_idx)]] = covis_val
+        covis[row[n_knn : n_knn + len(covis_idx)]] = covis_val
     if trend_idx:
         trend[row[trend_off : trend_off + len(trend_idx)]] = trend_val
-    return CandidateSet(idx, source, source_mask, covis, trend)
+    return CandidateSet(idx, source, source_mask, covis, trend, knn_val)

@@ -9,7 +9,8 @@ Redis, under the same rules as `profiles/`:
   item (trimmed from 2·cap);
 - trending: forward-decayed, type-weighted popularity (half-life `trending_half_life_s`),
   the best `trending_n` items;
-- per user: the `recent_n` last distinct items, seen items, decayed category affinity
+- per user: the `recent_n` last distinct items, the `history_n` last distinct items
+  across sessions (`UserContext.history`), seen items, decayed category affinity
   (half-life `category_half_life_s`, each of the item's categories gains the type weight),
   and the session embedding (decayed weighted mean of the session's item vectors,
   half-life `session_half_life_s`).
@@ -75,6 +76,8 @@ class HarnessConfig:
     category_half_life_s: float = 86400.0
     category_top_n: int = 8
     recent_n: int = 10
+    #: distinct items kept in a user's cross-session history (`UserContext.history`)
+    history_n: int = 50
     baseline_pop_half_life_s: float = 86400.0
     baseline_last_n: int = 10
     dim: int = 32
@@ -132,6 +135,7 @@ class _User:
         "emb",
         "emb_lm",
         "emb_w",
+        "history",
         "last",
         "n",
         "recent",
@@ -142,6 +146,7 @@ class _User:
 
     def __init__(self) -> None:
         self.recent: list[str] = []
+        self.history: list[str] = []
         self.session_recent: list[str] = []
         self.seen: set[str] = set()
         self.n = 0
@@ -189,6 +194,7 @@ class _World:
             top_categories=top,
             seen_items=u.seen,  # read before this event is applied
             n_events=u.n,
+            history=tuple(u.history),
         )
         return ctx, CandidateInputs(covis, trending)
 
@@ -214,7 +220,11 @@ class _World:
         u.last = max(u.last, ts)
         self.trending.add(item, w, ts)
         # recent items (user level) and session items
-        for lst, n in ((u.recent, cfg.recent_n), (u.session_recent, cfg.covis_window)):
+        for lst, n in (
+            (u.recent, cfg.recent_n),
+            (u.session_recent, cfg.covis_window),
+            (u.history, cfg.history_n),
+        ):
             if item in lst:
                 lst.remove(item)
             lst.insert(0, item)

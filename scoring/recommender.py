@@ -1,4 +1,4 @@
-"""The recommender: candidates -> features -> River ranker -> re-rank -> exploration slot.
+"""The recommender: candidates -> features -> pairwise ranker -> re-rank -> exploration slot.
 
 Predict first, then learn. For each event of user u the caller (the worker, or
 `scoring.harness`) does:
@@ -8,13 +8,17 @@ Predict first, then learn. For each event of user u the caller (the worker, or
     rec.learn(event, ctx, inputs, cs, position=("events:3", offset))
 
 `learn` updates, in order: the exploration bandit (was the explored item hit?), the rating
-model (`rate` events), the ranker (the event's item against sampled candidates, when it was
-a candidate), the implicit MF (the item against sampled recent-traffic negatives) and the
-item popularity. `position` makes learning idempotent across restarts: an event at or below
+model (`rate` events), the pairwise ranker (the event's item against negatives sampled
+uniformly from the candidates, when it was a candidate; a `rate` below `rating_strong`
+counts `rating_weak_weight`), the item-kNN co-occurrence counts (the item against the
+user's history before it), the implicit MF (the item against sampled recent-traffic
+negatives) and the item popularity. `position` makes learning idempotent across restarts: an event at or below
 the last offset learned for its partition is skipped (returns False), and `state()` /
 `from_state()` carry those offsets with the models.
 
 Features (one row per candidate, computed with numpy over the whole candidate set):
+`knn_rel` = item-kNN score / max, `knn_log` = log(1 + kNN score), `knn_rank` =
+1/log2(2 + rank by kNN score) (0 when not a kNN candidate),
 `covis_log` = log(1 + covis score), `covis_rel` = covis / max covis, `session_sim` =
 cos(session embedding, item), `category_aff` = the user's affinity to the item's categories
 (share of the user's total), `popularity` = log(1 + pop) / log(1 + max pop), `trending` =
@@ -48,7 +52,8 @@ import numpy as np
 from scoring.candidates import CandidateConfig, CandidateSet, generate
 from scoring.catalog import ItemCatalog
 from scoring.explore import SourceExplorer
-from scoring.models import ImplicitMF, Ranker, RatingModel
+from scoring.knn import CoOccurrence
+from scoring.models import ImplicitMF, PairwiseRanker, RatingModel
 from scoring.rerank import RerankConfig, RuleSet, select
 from scoring.types import (
     DEFAULT_TYPE_WEIGHTS,
@@ -63,6 +68,9 @@ from scoring.types import (
 __all__ = ["FEATURES", "Recommender", "RecommenderConfig"]
 
 FEATURES: Final[tuple[str, ...]] = (
+    "knn_rel",
+    "knn_log",
+    "knn_rank",
     "covis_log",
     "covis_rel",
     "session_sim",
@@ -75,16 +83,18 @@ FEATURES: Final[tuple[str, ...]] = (
     "pop_x_cold",
     *(f"src_{s}" for s in SOURCES),
 )
-_N_BASE: Final = 10
+_N_BASE: Final = 13
 #: ranker weights used before it has learned anything (a sensible blend)
 _PRIOR: Final[dict[str, float]] = {
-    "covis_rel": 2.0,
+    "knn_rel": 2.0,
+    "knn_rank": 1.0,
+    "covis_rel": 1.0,
     "session_sim": 1.0,
     "category_aff": 1.0,
     "popularity": 2.0,
     "trending": 1.0,
 }
-STATE_FORMAT: Final = 1
+STATE_FORMAT: Final = 2
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,9 +116,23 @@ class RecommenderConfig:
     rating_bias_lr: float = 0.01
     rating_latent_lr: float = 0.02
     rating_l2_latent: float = 0.1
-    ranker_lr: float = 0.02
-    ranker_l2: float = 1e-5
-    ranker_negatives: int = 8
+    ranker_lr: float = 0.05
+    ranker_l2: float = 1e-4
+    ranker_negatives: int = 16
+    #: share of the ranker's negatives taken from the best-scored candidates (rest uniform)
+    ranker_hard_share: float = 0.0
+    #: item-kNN (scoring.knn): pairs within the last `knn_window` history items (weight
+    #: `knn_gap_decay^p`), sim = C(a,b)/(C(a)^α C(b)^(1−α)), scores summed over the last
+    #: `knn_recent` items with weight `knn_recency_decay^p`
+    knn_window: int = 10
+    knn_alpha: float = 0.5
+    knn_gap_decay: float = 1.0
+    knn_recent: int = 10
+    knn_recency_decay: float = 0.95
+    #: positive weight of a `rate` event for the ranker: `rating_pos_weight(value)` =
+    #: 1 at or above `rating_strong`, `rating_weak_weight` below it
+    rating_strong: float = 3.5
+    rating_weak_weight: float = 0.5
     explore: bool = True
     epsilon: float = 0.1
     negative_buffer: int = 10_000
@@ -129,7 +153,12 @@ class Recommender:
             l2_latent=cfg.rating_l2_latent,
             seed=cfg.seed,
         )
-        self.ranker = Ranker(FEATURES, lr=cfg.ranker_lr, l2=cfg.ranker_l2)
+        self.ranker = PairwiseRanker(
+            FEATURES, lr=cfg.ranker_lr, l2=cfg.ranker_l2, prior=[_PRIOR.get(f, 0.0) for f in FEATURES]
+        )
+        self.knn = CoOccurrence(
+            cfg.knn_window, cfg.knn_alpha, cfg.knn_gap_decay, cfg.knn_recent, cfg.knn_recency_decay
+        )
         self.explorer = SourceExplorer(cfg.epsilon, seed=cfg.seed)
         self.rules = RuleSet(cfg.rerank.rules)
         self.offsets: dict[str, int] = {}
@@ -137,7 +166,6 @@ class Recommender:
         self._rng = np.random.default_rng(cfg.seed)
         self._recent = np.zeros(cfg.negative_buffer, np.int64)
         self._recent_n = 0
-        self._prior = np.array([_PRIOR.get(f, 0.0) for f in FEATURES])
 
     # ---- catalog ----------------------------------------------------------------------
 
@@ -157,12 +185,23 @@ class Recommender:
 
     def candidates(self, ctx: UserContext, inputs: CandidateInputs) -> CandidateSet:
         """`ctx`'s candidates with their feature matrix and ranker logits."""
-        cs = generate(ctx, inputs, self.catalog, self.config.candidates)
+        cat = self.catalog
+        knn = None
+        hist = cat.indices(ctx.long_history)
+        if hist.shape[0]:
+            dense = self.knn.scores(hist, len(cat))
+            if ctx.seen_items:
+                dense[cat.indices(ctx.seen_items)] = 0.0
+            top = np.flatnonzero(dense > 0.0)
+            m = self.config.candidates.n_knn
+            if top.shape[0] > m:
+                kth = np.partition(dense[top], top.shape[0] - m)[top.shape[0] - m]
+                top = top[dense[top] >= kth]
+            top = top[np.lexsort((top, -dense[top]))][:m]
+            knn = (top, dense[top])
+        cs = generate(ctx, inputs, cat, self.config.candidates, knn)
         cs.features = self.features(ctx, cs)
-        if self.ranker.n == 0:
-            cs.scores = cs.features @ self._prior
-        else:
-            cs.scores = self.ranker.score(cs.features)
+        cs.scores = self.ranker.score(cs.features)
         return cs
 
     def features(self, ctx: UserContext, cs: CandidateSet) -> FloatArray:
@@ -171,16 +210,24 @@ class Recommender:
         idx = cs.idx
         n = idx.shape[0]
         x = np.empty((n, len(FEATURES)))
+        kv = cs.knn if cs.knn is not None else np.zeros(n)
+        kmax = float(kv.max()) if n else 0.0
+        x[:, 0] = kv / kmax if kmax > 0.0 else 0.0
+        x[:, 1] = np.log1p(kv)
+        # 1/log2(rank + 2) by kNN score (0 for items the kNN source did not propose)
+        rank = np.empty(n)
+        rank[np.argsort(-kv, kind="stable")] = np.arange(n)
+        x[:, 2] = np.where(kv > 0.0, 1.0 / np.log2(rank + 2.0), 0.0)
         covis = cs.covis
-        x[:, 0] = np.log1p(covis)
+        x[:, 3] = np.log1p(covis)
         cmax = float(covis.max()) if n else 0.0
-        x[:, 1] = covis / cmax if cmax > 0.0 else 0.0
+        x[:, 4] = covis / cmax if cmax > 0.0 else 0.0
         q = ctx.session_embedding
         if q is None and ctx.recent_items:
             ridx = cat.indices(ctx.recent_items[: self.config.candidates.recent_n])
             q = cat.vectors[ridx].mean(axis=0) if ridx.shape[0] else None
         qn = float(np.linalg.norm(q)) if q is not None else 0.0
-        x[:, 2] = cat.vectors[idx] @ (q / qn) if q is not None and qn > 0.0 else 0.0
+        x[:, 5] = cat.vectors[idx] @ (q / qn) if q is not None and qn > 0.0 else 0.0
         if ctx.top_categories:
             aff = np.zeros(len(cat.category_ids) + 1)
             total = 0.0
@@ -189,24 +236,24 @@ class Recommender:
                 if cid is not None and s > 0.0:
                     aff[cid] = s
                     total += s
-            x[:, 3] = aff[cat.cat_matrix[idx]].sum(axis=1) / total if total > 0.0 else 0.0
+            x[:, 6] = aff[cat.cat_matrix[idx]].sum(axis=1) / total if total > 0.0 else 0.0
         else:
-            x[:, 3] = 0.0
+            x[:, 6] = 0.0
         pop = cat.popularity(idx, ctx.ts)
         pmax = cat.max_popularity(ctx.ts)
         if pmax > 0.0:
-            x[:, 4] = np.log1p(pop) / math.log1p(pmax)
+            x[:, 7] = np.log1p(pop) / math.log1p(pmax)
         else:
-            x[:, 4] = 0.0
+            x[:, 7] = 0.0
         trend = cs.trending
         tmax = float(trend.max()) if n else 0.0
-        x[:, 5] = trend / tmax if tmax > 0.0 else 0.0
+        x[:, 8] = trend / tmax if tmax > 0.0 else 0.0
         age = np.maximum(ctx.ts - cat.first_ts[idx], 0.0)
-        x[:, 6] = np.nan_to_num(np.exp2(-age / self.config.freshness_half_life_s), nan=0.0)
-        x[:, 7] = np.clip(self.mf.scores(ctx.user_id, idx), -8.0, 8.0)
+        x[:, 9] = np.nan_to_num(np.exp2(-age / self.config.freshness_half_life_s), nan=0.0)
+        x[:, 10] = np.clip(self.mf.scores(ctx.user_id, idx), -8.0, 8.0)
         cold = 1.0 / (1.0 + ctx.n_events)
-        x[:, 8] = cold
-        x[:, 9] = x[:, 4] * cold
+        x[:, 11] = cold
+        x[:, 12] = x[:, 7] * cold
         x[:, _N_BASE:] = cs.source_mask
         return x
 
@@ -296,7 +343,12 @@ class Recommender:
         assert cs.features is not None and cs.scores is not None
         hit = np.flatnonzero(cs.idx == t)
         if hit.shape[0]:
-            self._learn_ranker(cs, int(hit[0]), ctx)
+            pw = 1.0
+            if event.type == "rate" and event.value is not None and event.value < cfg.rating_strong:
+                pw = cfg.rating_weak_weight
+            self._learn_ranker(cs, int(hit[0]), ctx, pw)
+        hist = cat.indices(ctx.long_history)
+        self.knn.add(t, hist[hist != t])
         negs = self._sample_negatives(cfg.mf_negatives, t)
         self.mf.learn(user, item, t, weight, [(cat.ids[j], j) for j in negs])
         cat.add_popularity(t, weight, event.ts)
@@ -305,7 +357,7 @@ class Recommender:
         self.events_learned += 1
         return True
 
-    def _learn_ranker(self, cs: CandidateSet, pos: int, ctx: UserContext) -> None:
+    def _learn_ranker(self, cs: CandidateSet, pos: int, ctx: UserContext, weight: float) -> None:
         assert cs.features is not None and cs.scores is not None
         n = len(cs)
         m = self.config.ranker_negatives
@@ -322,13 +374,11 @@ class Recommender:
         pool = np.flatnonzero(ok)
         if pool.shape[0] == 0:
             return
-        # half hard negatives (best scored), half uniform
-        hard = pool[np.argsort(-cs.scores[pool], kind="stable")[: m // 2]]
+        n_hard = round(m * self.config.ranker_hard_share)
+        hard = pool[np.argsort(-cs.scores[pool], kind="stable")[:n_hard]]
         rand = self._rng.choice(pool, size=min(m - hard.shape[0], pool.shape[0]), replace=False)
-        rows = np.concatenate([[pos], hard, rand])
-        y = np.zeros(rows.shape[0], np.int64)
-        y[0] = 1
-        self.ranker.learn(cs.features[rows], y)
+        negs = np.concatenate([hard, rand])
+        self.ranker.learn(cs.features[pos], cs.features[negs], weight)
 
     def _sample_negatives(self, m: int, exclude: int) -> list[int]:
         n = min(self._recent_n, self._recent.shape[0])
@@ -350,6 +400,7 @@ class Recommender:
             "mf": self.mf,
             "rating": self.rating,
             "ranker": self.ranker,
+            "knn": self.knn,
             "explorer": self.explorer,
             "rng": self._rng,
             "recent": (self._recent, self._recent_n),
@@ -367,6 +418,7 @@ class Recommender:
         rec.mf = state["mf"]
         rec.rating = state["rating"]
         rec.ranker = state["ranker"]
+        rec.knn = state["knn"]
         rec.explorer = state["explorer"]
         rec._rng = state["rng"]
         rec._recent, rec._recent_n = state["recent"]

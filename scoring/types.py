@@ -39,7 +39,15 @@ __all__ = [
 FloatArray = NDArray[np.float64]
 
 #: Candidate sources, in the order of their indicator features.
-SOURCES: Final[tuple[str, ...]] = ("covis", "session", "category", "trending", "context", "content")
+SOURCES: Final[tuple[str, ...]] = (
+    "knn",
+    "covis",
+    "session",
+    "category",
+    "trending",
+    "context",
+    "content",
+)
 
 #: Implicit-feedback weight per event type (the same defaults as the profiles layer).
 DEFAULT_TYPE_WEIGHTS: Final[Mapping[str, float]] = {
@@ -87,7 +95,10 @@ class UserContext:
     - `seen_items`: items the user interacted with (excluded unless configured otherwise;
       any set, it is only read);
     - `context_categories`: categories of the page/request (cold start, before any event);
-    - `n_events`: how many events the user has had (0 = brand new).
+    - `n_events`: how many events the user has had (0 = brand new);
+    - `history`: the user's last distinct items across sessions, most recent first (up to
+      `RecommenderConfig.knn.window`, 10 by default, are used; the worker keeps them in a
+      capped Redis list). Empty = fall back to `recent_items`.
     """
 
     user_id: str
@@ -98,6 +109,12 @@ class UserContext:
     seen_items: Set[str] = frozenset()
     context_categories: tuple[str, ...] = ()
     n_events: int = 0
+    history: tuple[str, ...] = ()
+
+    @property
+    def long_history(self) -> tuple[str, ...]:
+        """`history` when the caller supplied it, else `recent_items`."""
+        return self.history or self.recent_items
 
     @property
     def is_cold(self) -> bool:

@@ -64,10 +64,31 @@ def naive_features(rec: Recommender, ctx: UserContext, cs: CandidateSet) -> np.n
     total = sum(s for c, s in ctx.top_categories if c in cat.category_ids and s > 0)
     pmax = cat.max_popularity(ctx.ts)
     u = rec.mf.model.u_latents.get(ctx.user_id)
+    knn = rec.knn
+    hist = [cat.index[h] for h in ctx.long_history if h in cat.index][: knn.n_recent]
+
+    def knn_score(i: int) -> float:
+        if cat.ids[i] in ctx.seen_items:
+            return 0.0
+        total = 0.0
+        for p, a in enumerate(hist):
+            c = knn.pair(a, i)
+            if c > 0.0:
+                sim = c / (knn.count[a] ** knn.alpha * knn.count[i] ** (1.0 - knn.alpha))
+                total += knn.recency_decay**p * sim
+        return total
+
+    kv = [knn_score(i) for i in cs.idx.tolist()]
+    kmax = max(kv, default=0.0)
+    order = sorted(range(len(kv)), key=lambda r: (-kv[r], r))
+    krank = {r: pos for pos, r in enumerate(order)}
     for r, i in enumerate(cs.idx.tolist()):
         item = cat.ids[i]
         v = cat.vectors[i].astype(np.float64)
         f = {}
+        f["knn_rel"] = kv[r] / kmax if kmax > 0 else 0.0
+        f["knn_log"] = math.log1p(kv[r])
+        f["knn_rank"] = 1.0 / math.log2(krank[r] + 2) if kv[r] > 0 else 0.0
         f["covis_log"] = math.log1p(cs.covis[r])
         f["covis_rel"] = cs.covis[r] / cmax if cmax > 0 else 0.0
         f["session_sim"] = float(v @ (q / np.linalg.norm(q))) if q is not None else 0.0
@@ -107,11 +128,13 @@ def test_vectorized_scoring_equals_per_item_loop() -> None:
         cs = rec.candidates(ctx, inputs)
         assert cs.features is not None and cs.scores is not None and len(cs) > 0
         assert np.allclose(cs.features, naive_features(rec, ctx, cs), atol=1e-6)
-        # the ranker's numpy logits equal River's own prediction, item by item
+        # the ranker's vectorised scores equal a per-feature sum over standardised features
+        w = rec.ranker.weights()
+        scale = dict(zip(FEATURES, rec.ranker._scale.tolist(), strict=True))
         for r in range(len(cs)):
             x = dict(zip(FEATURES, cs.features[r].tolist(), strict=True))
-            p = rec.ranker.model.predict_proba_one(x)[True]
-            assert math.isclose(1.0 / (1.0 + math.exp(-cs.scores[r])), p, rel_tol=1e-9, abs_tol=1e-12)
+            z = sum(x[f] / scale[f] * w[f] for f in FEATURES)
+            assert math.isclose(cs.scores[r], z, rel_tol=1e-9, abs_tol=1e-9)
             checked += 1
     assert checked > 100
 
