@@ -122,6 +122,9 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     ev.set_defaults(func=cmd_evaluate)
 
+    status = sub.add_parser("status", help="one screen: the worker's health and metrics")
+    status.set_defaults(func=cmd_status)
+
     recs = sub.add_parser("recs", help="the latest list published for a user")
     recs.add_argument("user_id")
     recs.add_argument("--json", action="store_true", help="print the message as JSON")
@@ -268,8 +271,14 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 
     if args.group:
         settings = dataclasses.replace(settings, group_id=args.group)
+    from streams.metrics import WorkerMetrics, serve
+
     handler = _make_handler(settings)
     worker = Worker(settings, handler)
+    metrics = WorkerMetrics()
+    worker.on_batch = lambda batch, stats: metrics.observe(batch, stats, handler, worker.consumer)
+    if settings.metrics_port:
+        serve(metrics, settings.metrics_port)
     worker.install_signal_handlers()
     if STOP_REQUESTED.is_set():  # SIGTERM arrived while starting: stop before consuming
         worker.stop()
@@ -289,6 +298,53 @@ def cmd_evaluate(settings: Settings, args: argparse.Namespace) -> int:
     from streams.evaluate import main_evaluate
 
     return main_evaluate(settings, args)
+
+
+def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
+    import json
+    import urllib.error
+    import urllib.request
+
+    base = f"http://127.0.0.1:{settings.metrics_port}"
+    try:
+        with urllib.request.urlopen(f"{base}/healthz", timeout=5) as response:
+            health = json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        health = json.loads(exc.read())
+    except OSError as exc:
+        print(f"no worker answers on {base} ({exc}); start one: freshrec worker", file=sys.stderr)
+        return 1
+    with urllib.request.urlopen(f"{base}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    values: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, _, value = line.rpartition(" ")
+            values[name] = float(value)
+    print(f"worker {health['status']}: up {health['uptime_s']:.0f} s, last batch "
+          f"{health['last_batch_age_s']} s ago, consumer lag {health['consumer_lag']:,}")  # fmt: skip
+    print(f"events {health['events']:,}   dead letters {health['dead_letters']:,}   "
+          f"lists published {health['lists_published']:,}")  # fmt: skip
+    count, total = (
+        values.get("freshrec_freshness_seconds_count", 0.0),
+        values.get("freshrec_freshness_seconds_sum", 0.0),
+    )
+    if count:
+        print(
+            f"freshness (batch pulled -> lists out): mean {1000 * total / count:.0f} ms, {count:.0f} batches"
+        )
+    count, total = (
+        values.get("freshrec_redis_apply_seconds_count", 0.0),
+        values.get("freshrec_redis_apply_seconds_sum", 0.0),
+    )
+    if count:
+        print(f"batch apply (profiles + Redis write): mean {1000 * total / count:.0f} ms")
+    for model in ("freshrec", "popularity", "covisitation"):
+        hr = values.get(f'freshrec_prequential{{metric="hr",model="{model}"}}')
+        ndcg = values.get(f'freshrec_prequential{{metric="ndcg",model="{model}"}}')
+        if hr is not None and ndcg is not None:
+            print(f"{model:<13} HR {hr:.3f}   NDCG {ndcg:.3f}")
+    return 0 if health["status"] == "ok" else 1
 
 
 def cmd_recs(settings: Settings, args: argparse.Namespace) -> int:

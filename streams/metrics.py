@@ -1,0 +1,148 @@
+"""Live metrics: a Prometheus endpoint and a health check served by the worker (loopback).
+
+`GET /metrics` — Prometheus text format: events/s (as counters), batch sizes, consumer lag,
+dead letters, Redis apply time, freshness (batch pulled -> lists handed to the producer),
+lists published, and the prequential HR/NDCG of freshrec and the baselines.
+`GET /healthz` — JSON: `{"status": "ok"|"stale", "last_batch_age_s", "events", ...}`;
+"stale" (HTTP 503) when the worker has input but handled no batch for `stale_after_s`.
+`freshrec status` prints one screen from both.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+from confluent_kafka import Consumer, TopicPartition
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class WorkerMetrics:
+    """Prometheus metrics of one worker, updated after every batch (`observe`)."""
+
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.events = Counter("freshrec_events", "Valid events handled", registry=r)
+        self.dead_letters = Counter(
+            "freshrec_dead_letters", "Messages sent to the dead-letter topic", registry=r
+        )
+        self.batches = Counter("freshrec_batches", "Micro-batches handled", registry=r)
+        self.published = Counter("freshrec_lists_published", "Recommendation lists published", registry=r)
+        self.batch_size = Histogram(
+            "freshrec_batch_size",
+            "Messages per micro-batch",
+            buckets=(1, 10, 50, 100, 500, 1000, 2000, 5000),
+            registry=r,
+        )
+        self.redis_seconds = Histogram(
+            "freshrec_redis_apply_seconds",
+            "Apply of one batch (profiles + the Redis write)",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.freshness = Histogram(
+            "freshrec_freshness_seconds", "Batch pulled from Kafka -> its lists handed to the producer",
+            buckets=LATENCY_BUCKETS, registry=r,
+        )  # fmt: skip
+        self.lag = Gauge(
+            "freshrec_consumer_lag", "Messages behind the end of the events topic", ["partition"], registry=r
+        )
+        self.quality = Gauge(
+            "freshrec_prequential", "Prequential quality so far", ["model", "metric"], registry=r
+        )
+        self.started_at = time.monotonic()
+        self.last_batch_at: float | None = None
+        self.last_lag: dict[int, int] = {}
+        self._seen_published = 0
+        self._seen_redis = 0
+        self._seen_fresh = 0
+
+    def observe(self, batch: Any, stats: Any, handler: Any = None, consumer: Consumer | None = None) -> None:
+        """Record one handled batch (the worker's `on_batch` hook)."""
+        self.last_batch_at = time.monotonic()
+        self.batches.inc()
+        self.events.inc(len(batch.events))
+        self.dead_letters.inc(batch.rejected)
+        self.batch_size.observe(sum(last - first + 1 for first, last in batch.offsets.values()))
+        hstats = getattr(handler, "stats", None)
+        if hstats is not None:
+            published = getattr(hstats, "published", 0)
+            self.published.inc(published - self._seen_published)
+            self._seen_published = published
+            redis_seconds = getattr(hstats, "redis_seconds", [])
+            for v in (
+                redis_seconds[self._seen_redis :] if len(redis_seconds) >= self._seen_redis else redis_seconds
+            ):
+                self.redis_seconds.observe(v)
+            self._seen_redis = len(redis_seconds)
+            freshness_ms = getattr(hstats, "freshness_ms", [])
+            for v in (
+                freshness_ms[self._seen_fresh :] if len(freshness_ms) >= self._seen_fresh else freshness_ms
+            ):
+                self.freshness.observe(v / 1000.0)
+            self._seen_fresh = len(freshness_ms)
+        stage = getattr(handler, "stage", None)
+        if stage is not None and stats.batches % 10 == 1:
+            for model, result in stage.metrics_result(max(len(stage.recommender.catalog), 1)).items():
+                for metric in ("hr", "ndcg"):
+                    self.quality.labels(model, metric).set(result[metric])
+        if consumer is not None and stats.batches % 10 == 1:
+            self._update_lag(consumer)
+
+    def _update_lag(self, consumer: Consumer) -> None:
+        try:
+            positions = consumer.position(consumer.assignment())
+        except Exception:  # noqa: BLE001 - lag is best effort: a rebalance may be under way
+            return
+        for tp in positions:
+            _, high = consumer.get_watermark_offsets(TopicPartition(tp.topic, tp.partition), cached=True)
+            if tp.offset >= 0 and high >= 0:
+                self.last_lag[tp.partition] = max(0, high - tp.offset)
+                self.lag.labels(str(tp.partition)).set(self.last_lag[tp.partition])
+
+    def health(self, stale_after_s: float = 60.0) -> tuple[int, dict[str, Any]]:
+        now = time.monotonic()
+        age = None if self.last_batch_at is None else now - self.last_batch_at
+        lagging = sum(self.last_lag.values())
+        stale = lagging > 0 and (age is None or age > stale_after_s)
+        body = {
+            "status": "stale" if stale else "ok",
+            "uptime_s": round(now - self.started_at, 1),
+            "last_batch_age_s": None if age is None else round(age, 2),
+            "events": int(self.events._value.get()),
+            "dead_letters": int(self.dead_letters._value.get()),
+            "lists_published": int(self.published._value.get()),
+            "consumer_lag": lagging,
+        }
+        return (503 if stale else 200), body
+
+
+def serve(metrics: WorkerMetrics, port: int, host: str = "127.0.0.1") -> ThreadingHTTPServer:
+    """Serve /metrics and /healthz on loopback in a daemon thread."""
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            if self.path.startswith("/metrics"):
+                code, body, kind = 200, generate_latest(metrics.registry), "text/plain; version=0.0.4"
+            elif self.path.startswith("/healthz"):
+                code, payload = metrics.health()
+                body, kind = json.dumps(payload).encode(), "application/json"
+            else:
+                code, body, kind = 404, b"not found: try /metrics or /healthz\n", "text/plain"
+            self.send_response(code)
+            self.send_header("Content-Type", kind)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, format: str, *args: Any) -> None:
+            return None
+
+    server = ThreadingHTTPServer((host, port), Handler)
+    threading.Thread(target=server.serve_forever, name="freshrec-metrics", daemon=True).start()
+    return server

@@ -1,0 +1,83 @@
+"""The worker serves Prometheus metrics and a health check; `freshrec status` reads them."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from streams.ingest import encode_rows, produce
+from tests.helpers import valid_event
+
+pytestmark = pytest.mark.stack
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_worker_serves_metrics_health_and_status(settings, tmp_path):
+    import random
+
+    rng = random.Random(3)
+    rows = [valid_event(n, rng) for n in range(300)]
+    produce(settings, settings.topic_events, encode_rows(rows, "user_id"))
+    produce(settings, settings.topic_events, [(None, b"not json")])
+    port = _free_port()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_")}
+    env.update(
+        FRESHREC_KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
+        FRESHREC_REDIS_URL=settings.redis_url,
+        FRESHREC_TOPIC_EVENTS=settings.topic_events,
+        FRESHREC_TOPIC_ITEMS=settings.topic_items,
+        FRESHREC_TOPIC_RECOMMENDATIONS=settings.topic_recommendations,
+        FRESHREC_TOPIC_DLQ=settings.topic_dlq,
+        FRESHREC_GROUP_ID=settings.group_id,
+        FRESHREC_FEAST_PROJECT=settings.feast_project,
+        FRESHREC_METRICS_PORT=str(port),
+        FRESHREC_LOG_LEVEL="WARNING",
+    )
+    cli = Path(sys.executable).with_name("freshrec")
+    worker = subprocess.Popen([str(cli), "worker"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 90
+        health: dict = {}
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    health = json.loads(r.read())
+                if health.get("events", 0) >= len(rows) and health.get("dead_letters") == 1:
+                    break
+            except OSError:
+                pass
+            time.sleep(0.3)
+        assert health["status"] == "ok" and health["events"] == len(rows) and health["dead_letters"] == 1
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as r:
+            text = r.read().decode()
+        expected = (
+            "freshrec_events_total 300.0",
+            "freshrec_dead_letters_total 1.0",
+            "freshrec_batch_size_bucket",
+            "freshrec_redis_apply_seconds_bucket",
+            "freshrec_freshness_seconds_bucket",
+            'freshrec_prequential{metric="hr",model="freshrec"}',
+        )
+        for name in expected:
+            assert name in text, name
+        status = subprocess.run([str(cli), "status"], env=env, capture_output=True, text=True, timeout=30)
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert "worker ok" in status.stdout and "events 300" in status.stdout
+    finally:
+        worker.send_signal(signal.SIGTERM)
+        out, _ = worker.communicate(timeout=60)
+    assert worker.returncode == 0, out.decode()[-2000:]
