@@ -46,6 +46,8 @@ TOP_CATEGORIES: Final = "top_categories"
 TOP_CATEGORY_SCORES: Final = "top_category_scores"
 NEXT_CATEGORIES: Final = "next_categories"
 NEXT_CATEGORY_SCORES: Final = "next_category_scores"
+HISTORY_ITEMS: Final = "history_items"
+HISTORY_ITEM_TS: Final = "history_item_ts"
 UPDATED_AT: Final = "updated_at"
 SESSION_ID: Final = "session_id"
 SESSION_START_TS: Final = "session_start_ts"
@@ -131,7 +133,7 @@ def user_feature_kinds(config: ProfileConfig) -> dict[str, FeatureKind]:
     >>> kinds["click_1h"], kinds["click_total"], kinds["top_categories"]
     ('float', 'int', 'list[str]')
     >>> len(kinds)
-    40
+    42
     """
     kinds: dict[str, FeatureKind] = {}
     for t in EVENT_TYPES:
@@ -146,6 +148,8 @@ def user_feature_kinds(config: ProfileConfig) -> dict[str, FeatureKind]:
     kinds[TOP_CATEGORY_SCORES] = "list[float]"
     kinds[NEXT_CATEGORIES] = "list[str]"
     kinds[NEXT_CATEGORY_SCORES] = "list[float]"
+    kinds[HISTORY_ITEMS] = "list[str]"
+    kinds[HISTORY_ITEM_TS] = "list[float]"
     kinds.update(_SESSION_KINDS)
     kinds[UPDATED_AT] = "float"
     _check_unique([count_name(t, h) for t in EVENT_TYPES for h in config.half_lives_s])

@@ -84,7 +84,10 @@ class RecommendationStage:
     def context(self, state: UserState, at: float | None = None, frozen: bool = False) -> UserContext:
         """A user's context from their profile state (plain data for scoring), at event time
         `at` (default: the user's latest event). `frozen` copies the seen items, for a
-        context that must not change while the state goes on (the pre-batch snapshot)."""
+        context that must not change while the state goes on (the pre-batch snapshot).
+
+        `recent_items` are the current session's items, `history` the user's last
+        `ProfileConfig.history_n` distinct items across sessions (both most recent first)."""
         cfg = self.config
         session = state.session
         recent: tuple[str, ...] = () if session is None else session.recent_items(cfg.recent_n)
@@ -100,6 +103,7 @@ class RecommendationStage:
             top_categories=tuple(state.category_scores()[: cfg.top_categories]),
             seen_items=frozenset(state.seen_items) if frozen else state.seen_items,
             n_events=sum(state.totals.values()),
+            history=state.history_items(),
         )
 
     def _inputs(self, contexts: Mapping[str, UserContext]) -> dict[str, CandidateInputs]:

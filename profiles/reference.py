@@ -6,9 +6,10 @@ tricks and no shared code with the optimized states beyond names and config: tes
 and the crash test holds Redis against them. Outputs have the `to_features()` shape.
 
 Events are taken in the order given (their arrival order), duplicates by `event_id`
-dropped (first wins). Decayed counts, totals, seen items and item features do not depend
-on that order; the order-dependent rules (sessions, the bounded category and
-co-visitation lists) are applied here in the same order, with the same rules, as the
+dropped (first wins). Decayed counts, totals, seen items, the history (the `history_n`
+distinct items with the latest event time) and item features do not depend on that
+order; the order-dependent rules (sessions, the bounded category and co-visitation
+lists) are applied here in the same order, with the same rules, as the
 states apply them: sort the events by `ts` first for the event-time-order answer.
 Quadratic time: for tests, not for production.
 
@@ -184,6 +185,12 @@ def reference_user_features(
         f[n.TOP_CATEGORY_SCORES] = [s for _, s in ranked[:k]]
         f[n.NEXT_CATEGORIES] = [c for c, _ in ranked[k:]]
         f[n.NEXT_CATEGORY_SCORES] = [s for _, s in ranked[k:]]
+        latest: dict[str, float] = {}
+        for e in u.events:
+            latest[e.item_id] = max(e.ts, latest.get(e.item_id, e.ts))
+        history = sorted(((t, i) for i, t in latest.items()), reverse=True)[: config.history_n]
+        f[n.HISTORY_ITEMS] = [i for _, i in history]
+        f[n.HISTORY_ITEM_TS] = [t for t, _ in history]
         f.update(_session_features(user_id, u, config))
         f[n.UPDATED_AT] = now
         out[user_id] = f

@@ -62,7 +62,7 @@ from profiles.decay import TINY
 REBASE_HALF_LIVES: Final[float] = 64.0
 _F64: Final = np.dtype(np.float64)
 
-__all__ = ["JOIN", "NEW", "PAST", "Placement", "Session", "derived_session_id"]
+__all__ = ["JOIN", "NEW", "PAST", "Placement", "Session", "derived_session_id", "push_recent"]
 
 Placement = Literal["join", "new", "past"]
 JOIN: Final[Placement] = "join"
@@ -77,6 +77,33 @@ def derived_session_id(user_id: str, start_ts: float) -> str:
     'u1:1700000000123'
     """
     return f"{user_id}:{round(start_ts * 1000.0)}"
+
+
+def push_recent(
+    items: dict[str, float], order: list[tuple[float, str]], item_id: str, ts: float, last_n: int
+) -> None:
+    """Keep `items` (item -> latest event time) the `last_n` items with the latest event time
+    (ties: the larger item id is the more recent), `order` the same as sorted `(ts, item)`.
+
+    Exact in any arrival order: an item that drops out only ranks lower from then on, so a
+    late event of it re-enters only with a time that beats the kept ones (and so its own).
+
+    >>> items, order = {}, []
+    >>> for item, ts in [("a", 1.0), ("b", 3.0), ("a", 2.0), ("c", 0.0)]:
+    ...     push_recent(items, order, item, ts, 2)
+    >>> order
+    [(2.0, 'a'), (3.0, 'b')]
+    """
+    old = items.get(item_id)
+    if old is None:
+        items[item_id] = ts
+        insort(order, (ts, item_id))
+        if len(order) > last_n:
+            del items[order.pop(0)[1]]
+    elif ts > old:
+        order.remove((old, item_id))
+        items[item_id] = ts
+        insort(order, (ts, item_id))
 
 
 class Session:
@@ -184,17 +211,7 @@ class Session:
                     self._emb_sum += term
                 self._emb_w += c
                 self._emb_cached = None
-        items = self.items
-        old = items.get(item_id)
-        if old is None:
-            items[item_id] = ts
-            insort(self._order, (ts, item_id))
-            if len(self._order) > last_n:
-                del items[self._order.pop(0)[1]]
-        elif ts > old:
-            self._order.remove((old, item_id))
-            items[item_id] = ts
-            insort(self._order, (ts, item_id))
+        push_recent(self.items, self._order, item_id, ts, last_n)
 
     def recent_items(self, k: int, exclude: str | None = None) -> tuple[str, ...]:
         """Up to `k` item ids, most recent event time first, without `exclude`."""

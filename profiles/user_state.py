@@ -1,4 +1,5 @@
-"""A user's profile: decayed activity, category affinity, seen items and current session.
+"""A user's profile: decayed activity, category affinity, seen items, recent history and
+current session.
 
 `UserState.apply(event, item_categories, item_vector)` is the per-event update (plain
 floats and dicts, one numpy multiply-add for the session embedding; no dataclass per
@@ -27,6 +28,12 @@ event time seen; every decayed value is served as of `U`):
   depends on the order of arrival (the reference applies the same rule in the same
   order, so the two agree for the same order; a late event may re-enter a category
   that the in-order run had dropped, or drop a different one).
+- `history_items` / `history_item_ts`: the user's last `config.history_n` distinct items
+  across all sessions, most recent first, each with the event time of its latest event
+  (an item seen again moves to the front); ties in time: the larger item id is the more
+  recent (the session's rule). Decided by event time alone, so exact in any arrival order:
+  a late event enters only if its item is then among the N latest (`sessions.push_recent`).
+  Past-session events count too.
 - Session fields: see `profiles.sessions` (the late-event rule lives there). A past-session
   event updates everything above but not the session.
 
@@ -42,6 +49,8 @@ event time seen; every decayed value is served as of `U`):
 (0.5, 1, 2, 3600.0)
 >>> f["top_categories"], [round(x, 4) for x in f["top_category_scores"]]
 (['Crime', 'Drama'], [1.9715, 1.0])
+>>> f["history_items"], f["history_item_ts"]
+(['i2', 'i1'], [3600.0, 0.0])
 >>> UserState.from_features(f, u.seen_items, cfg).to_features() == f
 True
 """
@@ -61,7 +70,7 @@ from numpy.typing import NDArray
 from profiles import naming as n
 from profiles.decay import NEVER, TINY
 from profiles.events import DEFAULT_TYPE_WEIGHTS, EVENT_TYPES, Event
-from profiles.sessions import JOIN, NEW, Session
+from profiles.sessions import JOIN, NEW, Session, push_recent
 
 __all__ = ["ProfileConfig", "UserState"]
 
@@ -77,6 +86,8 @@ class ProfileConfig:
     >>> c = ProfileConfig()
     >>> c.category_half_life_s, c.longest_half_life_s, c.category_track_n, c.category_keep_n
     (86400.0, 604800.0, 16, 12)
+    >>> c.history_n
+    10
     """
 
     half_lives_s: tuple[float, ...] = (3600.0, 86400.0, 604800.0)
@@ -91,6 +102,8 @@ class ProfileConfig:
     #: conversion rate prior (`p`) and its strength in pseudo-interactions (`a`)
     conversion_prior: float = 0.02
     conversion_prior_weight: float = 10.0
+    #: how many distinct items the cross-session history keeps (`history_items`)
+    history_n: int = 10
     # derived in __post_init__ (precomputed: the per-event path reads them)
     #: half-life of category affinity: the middle of `half_lives_s`
     category_half_life_s: float = field(init=False, compare=False, repr=False)
@@ -119,7 +132,7 @@ class ProfileConfig:
             value = getattr(self, name)
             if not (value > 0.0 and math.isfinite(value)):
                 raise ValueError(f"{name} must be positive and finite, got {value!r}")
-        for name in ("session_last_n", "embedding_dim", "category_top_n"):
+        for name in ("session_last_n", "embedding_dim", "category_top_n", "history_n"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)!r}")
         if not 0 <= self.covis_window <= self.session_last_n:
@@ -150,6 +163,7 @@ class ProfileConfig:
                 self.covis_window,
                 self.conversion_prior,
                 self.conversion_prior_weight,
+                self.history_n,
             )
         )
 
@@ -187,7 +201,9 @@ class UserState:
         "_cat_lm",
         "_count_lm",
         "_counts",
+        "_history_order",
         "config",
+        "history",
         "last_ts",
         "seen_items",
         "session",
@@ -207,6 +223,9 @@ class UserState:
         self.last_ts: dict[str, float] = dict.fromkeys(EVENT_TYPES, NEVER)
         self.totals: dict[str, int] = dict.fromkeys(EVENT_TYPES, 0)
         self.seen_items: set[str] = set()
+        # the last history_n distinct items: item -> latest ts, and sorted (ts, item) pairs
+        self.history: dict[str, float] = {}
+        self._history_order: list[tuple[float, str]] = []
         # category -> Σ w·2^((t − _cat_lm)/h), forward decay with a rebased landmark
         self._cat: dict[str, float] = {}
         self._cat_lm: float = NEVER
@@ -256,6 +275,7 @@ class UserState:
             self.updated_at = ts
         item_id = event.item_id
         self.seen_items.add(item_id)
+        push_recent(self.history, self._history_order, item_id, ts, cfg.history_n)
 
         w = cfg.type_weights[etype]
         if item_categories and w > 0.0:
@@ -286,6 +306,13 @@ class UserState:
         if sess.place(event.ts, event.session_id, self.config.session_gap_s) != JOIN:
             return ()
         return sess.recent_items(window, event.item_id)
+
+    def history_items(self, k: int | None = None) -> tuple[str, ...]:
+        """Up to `k` (default all kept) history items, most recent event time first."""
+        order = self._history_order
+        if k is None or k >= len(order):
+            return tuple([item for _, item in reversed(order)])
+        return tuple([item for _, item in order[: -k - 1 : -1]])
 
     def _add_categories(self, categories: Sequence[str], ts: float, w: float) -> None:
         h = self.config.category_half_life_s
@@ -366,6 +393,9 @@ class UserState:
         feats[n.TOP_CATEGORY_SCORES] = [s for _, s in ranked[:top_n]]
         feats[n.NEXT_CATEGORIES] = [c for c, _ in ranked[top_n:]]
         feats[n.NEXT_CATEGORY_SCORES] = [s for _, s in ranked[top_n:]]
+        history = self._history_order
+        feats[n.HISTORY_ITEMS] = [item for _, item in reversed(history)]
+        feats[n.HISTORY_ITEM_TS] = [ts for ts, _ in reversed(history)]
         if self.session is None:
             feats.update(Session.empty_features(cfg.embedding_dim))
         else:
@@ -412,4 +442,12 @@ class UserState:
             raise ValueError(f"category names and scores differ in length: {len(names)} != {len(scores)}")
         s._cat = {str(c): float(v) for c, v in zip(names, scores, strict=True)}
         s._cat_lm = u if s._cat else NEVER
+        # absent in profiles written before the history existed: it starts empty
+        items: Sequence[str] = d.get(n.HISTORY_ITEMS) or ()
+        stamps: Sequence[float] = d.get(n.HISTORY_ITEM_TS) or ()
+        if len(items) != len(stamps):
+            raise ValueError(f"history items and times differ in length: {len(items)} != {len(stamps)}")
+        pairs = sorted((float(t), str(i)) for i, t in zip(items, stamps, strict=True))
+        s._history_order = pairs[len(pairs) - config.history_n :] if len(pairs) > config.history_n else pairs
+        s.history = {i: t for t, i in s._history_order}
         return s

@@ -97,8 +97,8 @@ class UserContext:
     - `context_categories`: categories of the page/request (cold start, before any event);
     - `n_events`: how many events the user has had (0 = brand new);
     - `history`: the user's last distinct items across sessions, most recent first (up to
-      `RecommenderConfig.knn.window`, 10 by default, are used; the worker keeps them in a
-      capped Redis list). Empty = fall back to `recent_items`.
+      `RecommenderConfig.knn.window`, 10 by default, are used; the worker serves them as the
+      `history_items` user feature). Empty = fall back to `recent_items`.
     """
 
     user_id: str

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import random
 from collections.abc import Sequence
@@ -26,6 +27,7 @@ CFG = ProfileConfig(
     embedding_dim=8,
     category_top_n=4,  # tracks at most 8 categories, keeps 6 past that
     covis_window=3,
+    history_n=5,  # of 15 items: the history drops and re-admits items
 )
 BASE = 1_700_000_000.0
 
@@ -143,6 +145,65 @@ def test_config_is_validated_and_hashable() -> None:
         ProfileConfig(type_weights={"view": 1.0})
     with pytest.raises(ValueError, match="covis_window"):
         ProfileConfig(covis_window=11)
+    with pytest.raises(ValueError, match="history_n"):
+        ProfileConfig(history_n=0)
+    assert ProfileConfig(history_n=3) != ProfileConfig()
+    assert hash(ProfileConfig(history_n=3)) != hash(ProfileConfig())
+
+
+def test_history_spans_sessions_and_is_decided_by_event_time() -> None:
+    cfg = dataclasses.replace(CFG, history_n=3)
+    day = 86400.0
+    events = [
+        Event("e1", "view", "u1", "a", BASE),
+        Event("e2", "view", "u1", "b", BASE + 60),
+        Event("e3", "view", "u1", "c", BASE + day),  # a new session: the history goes on
+        Event("e4", "view", "u1", "a", BASE + day + 60),  # seen again: to the front
+        Event("e5", "view", "u1", "d", BASE + day + 120),  # b drops out
+        Event("e6", "view", "u1", "b", BASE + 30),  # late and old: does not enter
+        Event("e7", "view", "u1", "e", BASE + day + 90),  # late but among the 3 latest: enters
+    ]
+    s = run(events, NARROW, cfg)["u1"]
+    f = s.to_features()
+    assert f["history_items"] == ["d", "e", "a"]
+    assert f["history_item_ts"] == [BASE + day + 120, BASE + day + 90, BASE + day + 60]
+    assert f["session_items"] == ["d", "e", "a", "c"]
+    assert s.history_items(2) == ("d", "e")
+    for order in (events[::-1], sorted(events, key=lambda e: e.ts)):
+        g = run(order, NARROW, cfg)["u1"].to_features()
+        assert (g["history_items"], g["history_item_ts"]) == (f["history_items"], f["history_item_ts"])
+    expected = reference_user_features(events, cfg, NARROW, lambda i: vector_of(i, NARROW))["u1"]
+    assert (expected["history_items"], expected["history_item_ts"]) == (
+        f["history_items"],
+        f["history_item_ts"],
+    )
+    # ties in event time: the larger item id is the more recent (as in sessions)
+    tied = [Event(f"t{k}", "view", "u1", item, BASE) for k, item in enumerate("xzy")]
+    assert run(tied, NARROW, cfg)["u1"].to_features()["history_items"] == ["z", "y", "x"]
+
+
+def test_history_restores_from_older_or_larger_profiles() -> None:
+    events = [Event(f"e{k}", "view", "u1", f"i{k}", BASE + 60 * k) for k in range(5)]
+    f = run(events, NARROW)["u1"].to_features()
+    old = {k: v for k, v in f.items() if not k.startswith("history_")}  # written before the history
+    assert UserState.from_features(old, set(), CFG, "u1").to_features()["history_items"] == []
+    small = dataclasses.replace(CFG, history_n=2)  # a smaller history_n keeps the latest
+    assert UserState.from_features(f, set(), small, "u1").history_items() == ("i4", "i3")
+
+
+def test_recommendation_context_passes_history() -> None:
+    from profiles.recommend import RecommendationStage
+
+    day = 86400.0
+    events = [
+        Event("e1", "view", "u1", "i1", BASE),
+        Event("e2", "view", "u1", "i2", BASE + day),
+        Event("e3", "view", "u1", "i3", BASE + day + 60),
+    ]
+    s = run(events, NARROW)["u1"]
+    ctx = RecommendationStage(None, None).context(s)  # type: ignore[arg-type]  # neither is read
+    assert ctx.recent_items == ("i3", "i2")  # the current session
+    assert ctx.history == ("i3", "i2", "i1")  # across sessions
 
 
 # ---- against the naive reference ------------------------------------------------------
@@ -179,6 +240,8 @@ ORDER_FREE = [
     "top_category_scores",
     "next_categories",
     "next_category_scores",
+    "history_items",
+    "history_item_ts",
 ]
 
 
