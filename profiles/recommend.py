@@ -149,7 +149,13 @@ class RecommendationStage:
         cs = self.recommender.candidates(ctx, inputs)
         k = self.config.k
         served = [item.item_id for item in self.recommender.recommend(ctx, inputs, k, cs)]
-        popular, covisited = baseline_lists(ctx, inputs, k)
+        self._score(event, served, *baseline_lists(ctx, inputs, k))
+        interaction = Interaction(event.user_id, event.item_id, event.ts, event.type, event.value)
+        self.recommender.learn(interaction, ctx, inputs, cs, position=position)
+
+    def _score(self, event: Event, served: list[str], popular: list[str], covisited: list[str]) -> None:
+        """Score the event against each model's list (before anything learns from it)."""
+        k = self.config.k
         for name, shown in (("freshrec", served), ("popularity", popular), ("covisitation", covisited)):
             self.metrics[name].update(shown, event.item_id)
             self.hits[name].append(1 if event.item_id in shown[:k] else 0)
@@ -157,8 +163,6 @@ class RecommendationStage:
             error = self.recommender.predict_rating(event.user_id, event.item_id) - event.value
             self._squared_error += error * error
             self._ratings += 1
-        interaction = Interaction(event.user_id, event.item_id, event.ts, event.type, event.value)
-        self.recommender.learn(interaction, ctx, inputs, cs, position=position)
 
     def learn(self, events: Sequence[Event], coords: Sequence[Coords]) -> int:
         """Score every event prequentially, then learn it with its user's context from before
@@ -184,14 +188,7 @@ class RecommendationStage:
             if lists is None:
                 lists = baselines[event.user_id] = baseline_lists(ctx, inputs, k)
             popular, covisited = lists
-            served = self._served.get(event.user_id, popular)
-            for name, shown in (("freshrec", served), ("popularity", popular), ("covisitation", covisited)):
-                self.metrics[name].update(shown, event.item_id)
-                self.hits[name].append(1 if event.item_id in shown[:k] else 0)
-            if event.type == "rate" and event.value is not None:
-                error = self.recommender.predict_rating(event.user_id, event.item_id) - event.value
-                self._squared_error += error * error
-                self._ratings += 1
+            self._score(event, self._served.get(event.user_id, popular), popular, covisited)
             cs = candidate_sets.get(event.user_id)
             if cs is None:
                 cs = candidate_sets[event.user_id] = self.recommender.candidates(ctx, inputs)
