@@ -278,7 +278,13 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     metrics = WorkerMetrics()
     worker.on_batch = lambda batch, stats: metrics.observe(batch, stats, handler, worker.consumer)
     if settings.metrics_port:
-        serve(metrics, settings.metrics_port)
+        try:
+            serve(metrics, settings.metrics_port)
+        except OSError as exc:  # a second worker on this host: it still works, without metrics
+            logging.getLogger("freshrec").warning(
+                "metrics not served on 127.0.0.1:%d: %s (one FRESHREC_METRICS_PORT per worker; 0 = off)",
+                settings.metrics_port, exc,
+            )  # fmt: skip
     worker.install_signal_handlers()
     if STOP_REQUESTED.is_set():  # SIGTERM arrived while starting: stop before consuming
         worker.stop()

@@ -43,6 +43,7 @@ def _env(settings: Settings) -> dict[str, str]:
         FRESHREC_FEAST_PROJECT=settings.feast_project,
         FRESHREC_BATCH_MAX_EVENTS="500",
         FRESHREC_RECOMMEND="0",  # the profiles are under test here
+        FRESHREC_METRICS_PORT="0",  # several workers on one host
         FRESHREC_LOG_LEVEL="WARNING",
     )
     return env
