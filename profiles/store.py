@@ -674,21 +674,8 @@ class RedisFeatureStore:
     ) -> PreparedBatch:
         """Encode one micro-batch into the Lua script's arguments (`run_prepared` sends it).
 
-        `apply_batch` = `run_prepared(prepare_batch(...))`; see `apply_batch` for the rules.
-
-        - `partition_offsets`: (topic, partition) -> (first, last) offset in the batch.
-          If the stored offset of any of them is >= its `first`, nothing is written and
-          the result has `applied=False` (see `ApplyResult`).
-        - `user_rows`: user -> view -> feature -> value (`split_user_features` of
-          `UserState.to_features()`), written as given; features not given keep their
-          stored value. `event_ts[user]` (event time of the user's last event) is
-          written as `_ts:<view>`.
-        - `seen_adds`: user -> item ids to add to `{ns}:seen:<user>`.
-        - `item_events`: (item_id, type, ts, weight) in arrival order; weight 1.0 is what
-          `ItemState` counts. The Lua script updates item_stats exactly like
-          `ItemState.apply` (+ weight instead of + 1), and the trending sets.
-        - `covis`: `(a, b, ts, weight)` increments as `covisit_pairs` returns them
-          (both directions already), applied like `CovisitationIndex.add`.
+        `apply_batch` = `run_prepared(prepare_batch(...))`; the arguments and their rules are
+        documented there.
         """
         args: list[Any] = [self.offsets_key, len(partition_offsets)]
         for (topic, partition), (first, last) in partition_offsets.items():

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import importlib
 import json
 import os
@@ -35,7 +34,6 @@ import sys
 import time
 import uuid
 from collections.abc import Sequence
-from dataclasses import replace
 from itertools import accumulate
 from pathlib import Path
 from typing import Any
@@ -172,21 +170,10 @@ def run_engine(engine: str, settings: Settings, events: int, group: str) -> dict
 
 
 # ---------------------------------------------------------------------------- the benchmark
-def settings_env(settings: Settings) -> dict[str, str]:
-    """`FRESHREC_*` variables that rebuild `settings` in a child process (`Settings.from_env`)."""
-    env: dict[str, str] = {}
-    for f in dataclasses.fields(settings):
-        value = getattr(settings, f.name)
-        env[ENV_PREFIX + f.name.upper()] = (
-            ",".join(map(str, value)) if isinstance(value, tuple) else str(value)
-        )
-    return env
-
-
 def _run_child(
     engine: str, settings: Settings, events: int, group: str, timeout_s: float
 ) -> dict[str, float]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)} | settings_env(settings)
+    env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)} | settings.to_env()
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(_REPO), env.get("PYTHONPATH")]))
     cmd = [sys.executable, "-m", "streams.bench_consume", "--engine", engine,
            "--events", str(events), "--group", group]  # fmt: skip
@@ -245,14 +232,7 @@ def run_consume_bench(
     from streams.kafka_io import create_topics
 
     tag = f"fb-{uuid.uuid4().hex[:8]}"
-    bench = replace(
-        settings,
-        topic_events=f"{tag}-events",
-        topic_items=f"{tag}-items",
-        topic_recommendations=f"{tag}-recs",
-        topic_dlq=f"{tag}-dlq",
-        group_id=f"{tag}-g",
-    )
+    bench = settings.isolated(tag)
 
     def say(msg: str) -> None:
         if progress is not None:

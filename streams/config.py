@@ -78,6 +78,40 @@ class Settings:
         """The port in `redis_url` (6379 when the URL names none)."""
         return urlparse(self.redis_url).port or 6379
 
+    def to_env(self) -> dict[str, str]:
+        """`FRESHREC_*` variables that rebuild these settings (in a child process).
+
+        >>> s = Settings(partitions=8, half_lives_s=(60.0, 3600.0))
+        >>> Settings.from_env(s.to_env()) == s
+        True
+        """
+        env: dict[str, str] = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            env[ENV_PREFIX + f.name.upper()] = (
+                ",".join(map(repr, value)) if isinstance(value, tuple) else str(value)
+            )
+        return env
+
+    def isolated(self, tag: str, **overrides: Any) -> Settings:
+        """The same settings on topics, a consumer group and a Feast project of their own
+        (`<tag>-events`, ..., group `<tag>`, project `<tag>` without dashes): for tests,
+        benchmarks and evaluation runs that must not touch the main pipeline.
+
+        >>> s = Settings().isolated("eval-1a2b", partitions=1)
+        >>> s.topic_events, s.topic_dlq, s.group_id, s.feast_project, s.partitions
+        ('eval-1a2b-events', 'eval-1a2b-dlq', 'eval-1a2b', 'eval1a2b', 1)
+        """
+        named = {
+            "topic_events": f"{tag}-events",
+            "topic_items": f"{tag}-items",
+            "topic_recommendations": f"{tag}-recs",
+            "topic_dlq": f"{tag}-dlq",
+            "group_id": tag,
+            "feast_project": tag.replace("-", ""),
+        }
+        return dataclasses.replace(self, **(named | overrides))
+
     def all_topics(self) -> tuple[str, ...]:
         """Every topic freshrec reads or writes."""
         return (self.topic_events, self.topic_items, self.topic_recommendations, self.topic_dlq)

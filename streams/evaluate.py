@@ -18,7 +18,6 @@ import math
 import sys
 import time
 import uuid
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -55,14 +54,8 @@ def catalog_rows(path: str) -> list[dict[str, Any]]:
 
 def run_evaluate(settings: Settings, args: argparse.Namespace) -> dict[str, Any]:
     tag = f"eval-{uuid.uuid4().hex[:8]}"
-    s = replace(
-        settings,
-        topic_events=f"{tag}-events",
-        topic_items=f"{tag}-items",
-        topic_recommendations=f"{tag}-recs",
-        topic_dlq=f"{tag}-dlq",
-        group_id=tag,
-        feast_project=tag.replace("-", ""),
+    s = settings.isolated(
+        tag,
         partitions=1,
         top_k=args.k,
         batch_max_events=args.batch,

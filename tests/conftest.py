@@ -12,7 +12,6 @@ import shutil
 import subprocess
 import uuid
 from collections.abc import Iterator
-from dataclasses import replace
 
 import pytest
 import redis
@@ -66,15 +65,10 @@ def settings(stack_endpoints: tuple[str, str], request: pytest.FixtureRequest) -
     """Settings with fresh topics and a fresh consumer group for this test (topics created)."""
     kafka, redis_url = stack_endpoints
     tag = f"{request.node.name[:40]}-{uuid.uuid4().hex[:8]}".replace("[", "-").replace("]", "")
-    s = replace(
-        Settings.from_env({}),
+    s = Settings.from_env({}).isolated(
+        f"t-{tag}",
         kafka_bootstrap_servers=kafka,
         redis_url=redis_url,
-        topic_events=f"t-{tag}-events",
-        topic_items=f"t-{tag}-items",
-        topic_recommendations=f"t-{tag}-recs",
-        topic_dlq=f"t-{tag}-dlq",
-        group_id=f"g-{tag}",
         partitions=2,
         feast_project=f"p{uuid.uuid4().hex[:10]}",
         recommend=False,  # profile tests; tests of the lists turn it on

@@ -41,6 +41,12 @@ def read_topic(settings: Settings, topic: str, expect: int, timeout_s: float = 6
     return out
 
 
+def worker_env(settings: Settings, **extra: str) -> dict[str, str]:
+    """The environment of a `freshrec worker` subprocess running with `settings`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_")}
+    return env | settings.to_env() | {"FRESHREC_LOG_LEVEL": "WARNING"} | extra
+
+
 def shared_data_dir() -> Path:
     """`../shared/data` beside the checkout (CI and developers), or `FRESHREC_SHARED_DATA`."""
     override = os.environ.get("FRESHREC_SHARED_DATA")

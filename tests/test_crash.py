@@ -5,7 +5,6 @@ processes (`freshrec worker`)."""
 from __future__ import annotations
 
 import json
-import os
 import random
 import signal
 import subprocess
@@ -23,7 +22,7 @@ from streams.handlers import make_store, profile_config
 from streams.ingest import encode_rows, produce
 from streams.kafka_io import create_topics, end_offsets_total
 from streams.simulate import SimulationConfig, generate_events, generate_items
-from tests.helpers import compare_store_with_reference
+from tests.helpers import compare_store_with_reference, worker_env
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -31,22 +30,12 @@ HERE = Coordinates("test", 0, 0)
 
 
 def _env(settings: Settings) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_")}
-    env.update(
-        FRESHREC_KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
-        FRESHREC_REDIS_URL=settings.redis_url,
-        FRESHREC_TOPIC_EVENTS=settings.topic_events,
-        FRESHREC_TOPIC_ITEMS=settings.topic_items,
-        FRESHREC_TOPIC_RECOMMENDATIONS=settings.topic_recommendations,
-        FRESHREC_TOPIC_DLQ=settings.topic_dlq,
-        FRESHREC_GROUP_ID=settings.group_id,
-        FRESHREC_FEAST_PROJECT=settings.feast_project,
+    return worker_env(
+        settings,
         FRESHREC_BATCH_MAX_EVENTS="500",
         FRESHREC_RECOMMEND="0",  # the profiles are under test here
         FRESHREC_METRICS_PORT="0",  # several workers on one host
-        FRESHREC_LOG_LEVEL="WARNING",
     )
-    return env
 
 
 def _start_worker(settings: Settings, log: Path) -> subprocess.Popen[bytes]:

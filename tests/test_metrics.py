@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import subprocess
@@ -15,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from streams.ingest import encode_rows, produce
-from tests.helpers import valid_event
+from tests.helpers import valid_event, worker_env
 
 pytestmark = pytest.mark.stack
 
@@ -34,19 +33,7 @@ def test_worker_serves_metrics_health_and_status(settings, tmp_path):
     produce(settings, settings.topic_events, encode_rows(rows, "user_id"))
     produce(settings, settings.topic_events, [(None, b"not json")])
     port = _free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FRESHREC_")}
-    env.update(
-        FRESHREC_KAFKA_BOOTSTRAP_SERVERS=settings.kafka_bootstrap_servers,
-        FRESHREC_REDIS_URL=settings.redis_url,
-        FRESHREC_TOPIC_EVENTS=settings.topic_events,
-        FRESHREC_TOPIC_ITEMS=settings.topic_items,
-        FRESHREC_TOPIC_RECOMMENDATIONS=settings.topic_recommendations,
-        FRESHREC_TOPIC_DLQ=settings.topic_dlq,
-        FRESHREC_GROUP_ID=settings.group_id,
-        FRESHREC_FEAST_PROJECT=settings.feast_project,
-        FRESHREC_METRICS_PORT=str(port),
-        FRESHREC_LOG_LEVEL="WARNING",
-    )
+    env = worker_env(settings, FRESHREC_METRICS_PORT=str(port), FRESHREC_RECOMMEND="1")
     cli = Path(sys.executable).with_name("freshrec")
     worker = subprocess.Popen([str(cli), "worker"], env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     try:
