@@ -200,6 +200,29 @@ class RecommendationStage:
         self._before = {}
         return learned
 
+    def relearn(
+        self, states: Mapping[str, UserState], events: Sequence[Event], coords: Sequence[Coords]
+    ) -> int:
+        """Learn events the profiles already hold but the models have not (models restored
+        from a checkpoint older than the profiles, see `streams.checkpoint`); returns how
+        many were learned. Each user's context is their current state (the events' own
+        effects included: the state before them is gone); they are not scored again."""
+        contexts = {uid: self.context(state) for uid, state in states.items()}
+        inputs = self._inputs(contexts)
+        candidate_sets: dict[str, CandidateSet] = {}
+        learned = 0
+        for event, (topic, partition, offset) in zip(events, coords, strict=True):
+            uid = event.user_id
+            cs = candidate_sets.get(uid)
+            if cs is None:
+                cs = candidate_sets[uid] = self.recommender.candidates(contexts[uid], inputs[uid])
+            interaction = Interaction(uid, event.item_id, event.ts, event.type, event.value)
+            if self.recommender.learn(
+                interaction, contexts[uid], inputs[uid], cs, position=(f"{topic}:{partition}", offset)
+            ):
+                learned += 1
+        return learned
+
     def lists(self, states: Mapping[str, UserState]) -> dict[str, list[RecItem]]:
         """Fresh top-K lists for the given (changed) users, from their current state."""
         contexts = {uid: self.context(s) for uid, s in states.items()}

@@ -134,6 +134,12 @@ class ProfileUpdater:
             self._users.pop(p, None)
             self._fences.pop(p, None)
 
+    def fence(self, partition: Partition) -> int:
+        """The last offset of `partition` applied to the profiles (or in flight), -1 if none."""
+        if partition not in self._fences:
+            self.assign([partition])
+        return self._fences[partition]
+
     def states_of(self, users: Mapping[str, Partition]) -> dict[str, UserState]:
         """The cached states of these users (user -> their partition)."""
         out: dict[str, UserState] = {}
@@ -318,10 +324,7 @@ class ProfileUpdater:
     ) -> dict[Partition, tuple[int, int]]:
         ranges: dict[Partition, tuple[int, int]] = {}
         for p, (first, last) in offsets.items():
-            fence = self._fences.get(p)
-            if fence is None:  # not assigned through `assign` (e.g. a test): read it once
-                self.assign([p])
-                fence = self._fences[p]
+            fence = self.fence(p)  # not assigned through `assign` (e.g. a test): read once
             if last > fence:
                 ranges[p] = (max(first, fence + 1), last)
         return ranges
@@ -421,16 +424,20 @@ class ProfileUpdater:
         return prepared, list(changed)
 
     def _states_for(self, events: Sequence[Event], coords: Sequence[Coords]) -> dict[str, UserState]:
+        users: dict[str, Partition] = {}
+        for event, (topic, partition, _) in zip(events, coords, strict=True):
+            users.setdefault(event.user_id, (topic, partition))
+        return self.load_states(users)
+
+    def load_states(self, users: Mapping[str, Partition]) -> dict[str, UserState]:
+        """These users' states (user -> their partition): cached, else read from Redis in one
+        pipelined round trip (and cached), else new."""
         states: dict[str, UserState] = {}
         missing: dict[str, Partition] = {}
-        for event, (topic, partition, _) in zip(events, coords, strict=True):
-            uid = event.user_id
-            if uid in states or uid in missing:
-                continue
-            cache = self._users.setdefault((topic, partition), {})
-            state = cache.get(uid)
+        for uid, p in users.items():
+            state = self._users.setdefault(p, {}).get(uid)
             if state is None:
-                missing[uid] = (topic, partition)
+                missing[uid] = p
             else:
                 states[uid] = state
         if missing:

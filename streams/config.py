@@ -53,6 +53,8 @@ class Settings:
     recommend: bool = True
     prequential: str = "batch"
     metrics_port: int = 9400
+    worker_id: str = ""
+    checkpoint_interval_s: float = 60.0
     stack_dir: str = ".stack"
     kafka_controller_port: int = 9093
 

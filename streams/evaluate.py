@@ -68,7 +68,7 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> dict[str, Any]
         if items:
             produce(s, s.topic_items, encode_rows(items, "item_id"))
         sent = _produce_events(s, args)
-        handler = ProfileHandler(s, recommend=True)
+        handler = ProfileHandler(s, recommend=True, checkpoints=False)
         worker = Worker(s, handler, exact_batches=True)
 
         def stop_when_done(batch: object, stats: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import redis
@@ -14,6 +15,7 @@ from profiles.store import RedisFeatureStore
 from profiles.updater import BatchOutcome, ProfileUpdater
 from profiles.user_state import ProfileConfig
 from scoring.recommender import Recommender
+from streams.checkpoint import CheckpointInfo, ModelCheckpoints
 from streams.config import Settings
 from streams.errors import ConfigError
 from streams.publish import Publisher, RecList
@@ -53,6 +55,11 @@ class HandlerStats:
     freshness_ms: list[float] = field(default_factory=list)
     last_outcome: BatchOutcome | None = None
     redis_seconds: list[float] = field(default_factory=list)
+    #: events the profiles held but a model restored from a checkpoint had not learned
+    relearned_events: int = 0
+    checkpoints: int = 0
+    last_checkpoint: CheckpointInfo | None = None
+    restored_from: CheckpointInfo | None = None
 
 
 class ProfileHandler:
@@ -60,8 +67,15 @@ class ProfileHandler:
     `recommend=True`, publishes a fresh list for every user the batch changed."""
 
     def __init__(
-        self, settings: Settings, store: RedisFeatureStore | None = None, *, recommend: bool | None = None
+        self,
+        settings: Settings,
+        store: RedisFeatureStore | None = None,
+        *,
+        recommend: bool | None = None,
+        checkpoints: bool = True,
     ) -> None:
+        """`checkpoints`: restore the models from Redis and save them there (see
+        `streams.checkpoint`); off for one-shot runs such as `freshrec evaluate`."""
         self.settings = settings
         self.store = store or make_store(settings)
         self.updater = ProfileUpdater(self.store)
@@ -69,11 +83,29 @@ class ProfileHandler:
         self.stage: RecommendationStage | None = None
         self.publisher: Publisher | None = None
         self._lists: dict[int, list[RecList]] = {}
+        self.checkpoints: ModelCheckpoints | None = None
+        self._checkpointed_at = time.monotonic()
+        self._checkpointed_events = -1
+        self._checkpoint_thread = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
+        self._checkpoint_writing: Future[CheckpointInfo] | None = None
         if settings.prequential not in ("batch", "event"):
             raise ConfigError(f"FRESHREC_PREQUENTIAL={settings.prequential!r}: expected batch or event")
         if settings.recommend if recommend is None else recommend:
+            recommender = Recommender()
+            if checkpoints:
+                self.checkpoints = ModelCheckpoints(
+                    self.store.client, settings.feast_project, settings.group_id, settings.worker_id
+                )
+                restored = self.checkpoints.load()
+                if restored is not None:
+                    recommender, self.stats.restored_from = restored
+                    log.info(
+                        "models restored from %s's checkpoint: %d events learned, offsets %s (%.1f s)",
+                        restored[1].worker_id, restored[1].events_learned, restored[1].offsets,
+                        restored[1].seconds,
+                    )  # fmt: skip
             self.stage = RecommendationStage(
-                self.store, Recommender(), StageConfig(k=settings.top_k, protocol=settings.prequential)
+                self.store, recommender, StageConfig(k=settings.top_k, protocol=settings.prequential)
             )
             self.updater.before_apply = self.stage.before_batch
             if settings.prequential == "event":
@@ -85,6 +117,15 @@ class ProfileHandler:
         if events:
             self.updater.assign(events)
             log.info("assigned %s", events)
+
+    def start_offsets(self, partitions: list[TopicPartitionKey]) -> dict[TopicPartitionKey, int]:
+        """Where the models want each assigned partition read from: the offset after the
+        last one they learned (0 for a partition they never learned). The worker starts at
+        this or the committed offset, whichever is lower (`Worker._assigned`)."""
+        if self.stage is None or self.checkpoints is None:
+            return {}
+        learned = self.stage.recommender.offsets
+        return {(t, p): learned.get(f"{t}:{p}", -1) + 1 for t, p in partitions}
 
     def on_revoke(self, partitions: list[TopicPartitionKey]) -> None:
         self.updater.revoke(partitions)
@@ -105,13 +146,71 @@ class ProfileHandler:
         forgets = [(f, (c.topic, c.partition, c.offset)) for f, c in batch.forgets]
         if not offsets:
             return [*self._record(self.updater.flush()), batch]
+        if self.stage is not None:
+            self._relearn(batch, coords)
         started = time.perf_counter()
         done = self.updater.submit(batch, batch.events, coords, offsets, forgets)
         self.stats.redis_seconds.append(time.perf_counter() - started)
         del self.stats.redis_seconds[:-1000]
         if self.stage is not None:
             self._recommend(batch, coords)
+            self._maybe_checkpoint()
         return self._record(done)
+
+    def _relearn(self, batch: DecodedBatch, coords: list[tuple[str, int, int]]) -> None:
+        """Learn the batch's events that the profiles already hold (re-read after a restart
+        because the restored models had not learned them), before the batch is applied."""
+        assert self.stage is not None
+        learned = self.stage.recommender.offsets
+        behind = {}
+        for (topic, partition), (first, _) in batch.offsets.items():
+            fence = self.updater.fence((topic, partition))
+            if first <= fence and learned.get(f"{topic}:{partition}", -1) < fence:
+                behind[(topic, partition)] = (learned.get(f"{topic}:{partition}", -1), fence)
+        if not behind:
+            return
+        picked = [
+            k for k, (t, p, o) in enumerate(coords) if (span := behind.get((t, p))) and span[0] < o <= span[1]
+        ]
+        events = [batch.events[k] for k in picked]
+        users = {e.user_id: coords[k][:2] for k, e in zip(picked, events, strict=True)}
+        states = self.updater.load_states(users)
+        self.stats.relearned_events += self.stage.relearn(states, events, [coords[k] for k in picked])
+
+    def _maybe_checkpoint(self) -> None:
+        """Save the models in the background when the interval has passed (pickled here,
+        compressed and written by a thread; at most one save in flight)."""
+        if self._checkpoint_writing is not None:
+            if not self._checkpoint_writing.done():
+                return
+            self._checkpoint_done(self._checkpoint_writing.result())
+        if time.monotonic() - self._checkpointed_at < self.settings.checkpoint_interval_s:
+            return
+        if self.stage is None or self.checkpoints is None:
+            return
+        snapshot = self.checkpoints.snapshot(self.stage.recommender)
+        self._checkpointed_at = time.monotonic()
+        self._checkpoint_writing = self._checkpoint_thread.submit(self.checkpoints.write, *snapshot)
+
+    def checkpoint(self) -> CheckpointInfo | None:
+        """Save the models with the offsets they learned, now (see `streams.checkpoint`)."""
+        if self.stage is None or self.checkpoints is None:
+            return None
+        if self._checkpoint_writing is not None:  # the older one first: never overwrite newer
+            self._checkpoint_done(self._checkpoint_writing.result())
+        info = self.checkpoints.save(self.stage.recommender)
+        self._checkpointed_at = time.monotonic()
+        self._checkpoint_done(info)
+        return info
+
+    def _checkpoint_done(self, info: CheckpointInfo) -> None:
+        self._checkpoint_writing = None
+        self._checkpointed_events = info.events_learned
+        self.stats.checkpoints += 1
+        self.stats.last_checkpoint = info
+        log.debug(
+            "checkpoint: %d events learned, %d bytes, %.3f s", info.events_learned, info.bytes, info.seconds
+        )
 
     def _recommend(self, batch: DecodedBatch, coords: list[tuple[str, int, int]]) -> None:
         """Learn the batch's events, then compute the changed users' lists (published when
@@ -141,7 +240,12 @@ class ProfileHandler:
                 self.publisher.forget(sorted(forgotten))
 
     def flush(self) -> list[DecodedBatch]:
-        return self._record(self.updater.flush())
+        """Called when the input is idle: settle the write in flight (and save the models when
+        they learned something since the last checkpoint and the interval has passed)."""
+        done = self._record(self.updater.flush())
+        if self.stage is not None and self.stage.recommender.events_learned != self._checkpointed_events:
+            self._maybe_checkpoint()
+        return done
 
     def _record(self, done: list[tuple[object, BatchOutcome]]) -> list[DecodedBatch]:
         batches = []
@@ -171,5 +275,7 @@ class ProfileHandler:
     def close(self) -> None:
         if self.publisher is not None:
             self.publisher.flush()
+        self.checkpoint()
+        self._checkpoint_thread.shutdown()
         self.updater.close()
         self.store.client.close()

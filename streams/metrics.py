@@ -55,6 +55,12 @@ class WorkerMetrics:
         self.quality = Gauge(
             "freshrec_prequential", "Prequential quality so far", ["model", "metric"], registry=r
         )
+        self.model = Gauge(
+            "freshrec_model",
+            "Models: events learned, re-learned after a restore, last checkpoint's bytes and seconds",
+            ["what"],
+            registry=r,
+        )
         self.started_at = time.monotonic()
         self.last_batch_at: float | None = None
         self.last_lag: dict[int, int] = {}
@@ -86,7 +92,15 @@ class WorkerMetrics:
             ):
                 self.freshness.observe(v / 1000.0)
             self._seen_fresh = len(freshness_ms)
+            self.model.labels("relearned_events").set(getattr(hstats, "relearned_events", 0))
+            checkpoint = getattr(hstats, "last_checkpoint", None)
+            if checkpoint is not None:
+                self.model.labels("checkpoint_bytes").set(checkpoint.bytes)
+                self.model.labels("checkpoint_seconds").set(checkpoint.seconds)
+                self.model.labels("checkpoint_events_learned").set(checkpoint.events_learned)
         stage = getattr(handler, "stage", None)
+        if stage is not None:
+            self.model.labels("events_learned").set(stage.recommender.events_learned)
         if stage is not None and stats.batches % 10 == 1:
             for model, result in stage.metrics_result(max(len(stage.recommender.catalog), 1)).items():
                 for metric in ("hr", "ndcg"):

@@ -313,7 +313,24 @@ class Worker:
 
     # ------------------------------------------------------------------ rebalance
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
-        self.handler.on_assign([(tp.topic, tp.partition) for tp in partitions])
+        keys = [(tp.topic, tp.partition) for tp in partitions]
+        self.handler.on_assign(keys)
+        wanted = getattr(self.handler, "start_offsets", lambda _: {})(keys)
+        if not wanted or not partitions:
+            return
+        # Start below the committed offset where the handler asks (models restored from a
+        # checkpoint re-learn what they missed; the profiles' offset fence skips it).
+        assignment, moved = [], []
+        for tp in consumer.committed(partitions, timeout=30):
+            want = wanted.get((tp.topic, tp.partition))
+            if want is not None and tp.offset >= 0 and want < tp.offset:
+                moved.append(f"{tp.topic}[{tp.partition}] {tp.offset} -> {want}")
+                assignment.append(TopicPartition(tp.topic, tp.partition, want))
+            else:  # the committed offset (or auto.offset.reset when there is none)
+                assignment.append(TopicPartition(tp.topic, tp.partition))
+        if moved:
+            log.info("reading again for the models: %s", ", ".join(moved))
+            consumer.incremental_assign(assignment)  # replaces the automatic assignment
 
     def _revoked(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]

@@ -1,0 +1,152 @@
+"""Model checkpoints in Redis: the recommender's state with the offsets it has learned.
+
+Each worker owns one model (it learns the events of the partitions it owns) and saves it
+under its worker id (`FRESHREC_WORKER_ID`, default the host name), every
+`FRESHREC_CHECKPOINT_INTERVAL_S` seconds of wall-clock time and when it stops cleanly.
+The checkpoint carries, per partition, the last offset the model learned, so a restart
+neither loses nor repeats learning:
+
+- the worker loads its checkpoint (a worker with none starts from the group's most
+  advanced one: a warm start, rather than from nothing);
+- for each partition it is assigned, it starts reading at
+  min(committed offset, last learned offset + 1): the events between were applied to the
+  profiles before the crash (the Redis offset fence skips them now) but not learned by the
+  restored model, so the model learns them again, once (`ProfileHandler` "re-learns" them);
+- an event the restored model learned after the last commit is applied to the profiles
+  again (its batch was not durable) and skipped by the model (`Recommender.learn` refuses
+  an offset at or below what it learned).
+
+Keys (`<ns>` = the Feast project, `<group>` = the consumer group):
+
+- `<ns>:model:<group>:<worker id>`: the checkpoint, `MAGIC` + zlib(pickle(state));
+- `<ns>:models:<group>`: a hash worker id -> JSON summary (events learned, offsets, bytes,
+  when it was written), so tools can list checkpoints without loading them.
+
+Both are written in one MULTI/EXEC. The blob is a pickle: Redis must be trusted as much as
+the worker's own code (it is the same deployment).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import pickle
+import socket
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from scoring.recommender import Recommender
+
+log = logging.getLogger("freshrec.checkpoint")
+
+MAGIC = b"freshrec-model/1\n"
+
+
+@dataclass(frozen=True, slots=True)
+class CheckpointInfo:
+    """What one save or load moved: size, time, and the model's progress."""
+
+    worker_id: str
+    events_learned: int
+    offsets: dict[str, int]
+    bytes: int
+    seconds: float
+
+
+class ModelCheckpoints:
+    """Save and load one worker's recommender in Redis (see the module doc)."""
+
+    def __init__(self, client: redis.Redis, namespace: str, group: str, worker_id: str = "") -> None:
+        self.client = client
+        self.worker_id = worker_id or socket.gethostname()
+        self.index_key = f"{namespace}:models:{group}"
+        self._prefix = f"{namespace}:model:{group}:"
+
+    def key(self, worker_id: str | None = None) -> str:
+        return self._prefix + (worker_id or self.worker_id)
+
+    def save(self, recommender: Recommender) -> CheckpointInfo:
+        """Write the model and its learned offsets (atomically with its summary)."""
+        return self.write(*self.snapshot(recommender))
+
+    @staticmethod
+    def snapshot(recommender: Recommender) -> tuple[bytes, dict[str, Any], float]:
+        """The model pickled now (the part that must not overlap learning) and its summary;
+        `write` may then run in another thread."""
+        started = time.perf_counter()
+        raw = pickle.dumps(recommender.state(), protocol=5)
+        summary = {"events_learned": recommender.events_learned, "offsets": dict(recommender.offsets)}
+        return raw, summary, time.perf_counter() - started
+
+    def write(self, raw: bytes, summary: dict[str, Any], seconds: float = 0.0) -> CheckpointInfo:
+        """Compress a `snapshot` and store it with its summary in one MULTI/EXEC."""
+        started = time.perf_counter()
+        blob = MAGIC + zlib.compress(raw, 1)
+        summary = summary | {"bytes": len(blob), "written_at": time.time()}  # informational
+        pipe = self.client.pipeline(transaction=True)
+        pipe.set(self.key(), blob)
+        pipe.hset(self.index_key, self.worker_id, json.dumps(summary))
+        pipe.execute()
+        return CheckpointInfo(
+            self.worker_id,
+            summary["events_learned"],
+            summary["offsets"],
+            len(blob),
+            seconds + time.perf_counter() - started,
+        )
+
+    def summaries(self) -> dict[str, dict[str, Any]]:
+        """Every checkpoint of the group: worker id -> summary."""
+        raw = self.client.hgetall(self.index_key)
+        return {k.decode(): json.loads(v) for k, v in raw.items()}
+
+    def load(self) -> tuple[Recommender, CheckpointInfo] | None:
+        """This worker's model, else the group's most advanced one (a warm start), else None."""
+        started = time.perf_counter()
+        source = self.worker_id
+        blob = self.client.get(self.key())
+        if blob is None:
+            others = self.summaries()
+            if not others:
+                return None
+            source = max(others, key=lambda w: (others[w]["events_learned"], w))
+            blob = self.client.get(self.key(source))
+            if blob is None:
+                return None
+            log.info("no checkpoint for worker %r: warm start from %r's", self.worker_id, source)
+        recommender = Recommender.from_state(decode(blob))
+        info = CheckpointInfo(
+            source,
+            recommender.events_learned,
+            dict(recommender.offsets),
+            len(blob),
+            time.perf_counter() - started,
+        )
+        return recommender, info
+
+    def delete(self) -> None:
+        """Remove this worker's checkpoint (and its summary)."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(self.key())
+        pipe.hdel(self.index_key, self.worker_id)
+        pipe.execute()
+
+
+def decode(blob: bytes) -> dict[str, Any]:
+    """The state a checkpoint blob holds (raises ValueError for anything else).
+
+    >>> decode(b"not a checkpoint")
+    Traceback (most recent call last):
+    ...
+    ValueError: not a freshrec model checkpoint (starts with b'not a checkpoint')
+    """
+    if not blob.startswith(MAGIC):
+        raise ValueError(f"not a freshrec model checkpoint (starts with {blob[:16]!r})")
+    state = pickle.loads(zlib.decompress(blob[len(MAGIC) :]))  # our own Redis: see the module doc
+    if not isinstance(state, dict):
+        raise ValueError("a freshrec model checkpoint must hold a state dict")
+    return state
