@@ -277,6 +277,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     worker = Worker(settings, handler)
     metrics = WorkerMetrics()
     worker.on_batch = lambda batch, stats: metrics.observe(batch, stats, handler, worker.consumer)
+    worker.on_idle = lambda stats: metrics.refresh(handler)
     if settings.metrics_port:
         try:
             serve(metrics, settings.metrics_port)
@@ -340,6 +341,16 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             f"freshness (batch pulled -> lists out): mean {1000 * total / count:.0f} ms, {count:.0f} batches"
         )
     count, total = (
+        values.get("freshrec_end_to_end_seconds_count", 0.0),
+        values.get("freshrec_end_to_end_seconds_sum", 0.0),
+    )
+    if count:
+        p99 = histogram_quantile(values, "freshrec_end_to_end_seconds", 0.99)
+        print(
+            f"end to end (event produced -> its list delivered): mean {1000 * total / count:.0f} ms, "
+            f"p99 <= {1000 * p99:.0f} ms, {count:.0f} lists"
+        )
+    count, total = (
         values.get("freshrec_redis_apply_seconds_count", 0.0),
         values.get("freshrec_redis_apply_seconds_sum", 0.0),
     )
@@ -350,7 +361,31 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         ndcg = values.get(f'freshrec_prequential{{metric="ndcg",model="{model}"}}')
         if hr is not None and ndcg is not None:
             print(f"{model:<13} HR {hr:.3f}   NDCG {ndcg:.3f}")
+    learned = values.get('freshrec_model{what="events_learned"}')
+    if learned is not None:
+        saved = values.get('freshrec_model{what="checkpoint_events_learned"}')
+        size = values.get('freshrec_model{what="checkpoint_bytes"}')
+        last = "no checkpoint yet"
+        if saved is not None and size:
+            last = f"last checkpoint at {saved:,.0f} ({size / 1e6:.1f} MB)"
+        print(f"models: {learned:,.0f} events learned; {last}")
     return 0 if health["status"] == "ok" else 1
+
+
+def histogram_quantile(values: dict[str, float], name: str, q: float) -> float:
+    """The upper bound of the Prometheus histogram bucket holding quantile `q` (inf if past
+    the last bound).
+
+    >>> v = {'h_bucket{le="0.01"}': 90.0, 'h_bucket{le="0.1"}': 99.0, 'h_bucket{le="+Inf"}': 100.0}
+    >>> histogram_quantile(v, "h", 0.5), histogram_quantile(v, "h", 0.99), histogram_quantile(v, "h", 1.0)
+    (0.01, 0.1, inf)
+    """
+    prefix = f'{name}_bucket{{le="'
+    buckets = sorted((float(k[len(prefix) : -2]), v) for k, v in values.items() if k.startswith(prefix))
+    if not buckets or buckets[-1][1] <= 0:
+        return float("nan")
+    target = q * buckets[-1][1]
+    return next(bound for bound, count in buckets if count >= target)
 
 
 def cmd_recs(settings: Settings, args: argparse.Namespace) -> int:

@@ -53,6 +53,9 @@ class HandlerStats:
     published: int = 0
     #: batch pulled from Kafka -> its lists handed to the producer, ms (last 100,000 batches)
     freshness_ms: list[float] = field(default_factory=list)
+    #: end to end: the triggering event's Kafka timestamp -> its list delivered to Kafka, ms
+    #: (wall clocks of producer and worker hosts; last 100,000 lists)
+    end_to_end_ms: list[float] = field(default_factory=list)
     last_outcome: BatchOutcome | None = None
     redis_seconds: list[float] = field(default_factory=list)
     #: events the profiles held but a model restored from a checkpoint had not learned
@@ -60,6 +63,28 @@ class HandlerStats:
     checkpoints: int = 0
     last_checkpoint: CheckpointInfo | None = None
     restored_from: CheckpointInfo | None = None
+    #: how many values each timing series has received in all (the lists keep the latest)
+    recorded: dict[str, int] = field(default_factory=dict)
+
+    def record(self, series: str, values: list[float], keep: int = 100_000) -> None:
+        """Append to a timing series (`freshness_ms`, `end_to_end_ms`, `redis_seconds`),
+        keeping its latest `keep` values and counting every value (see `latest`)."""
+        kept: list[float] = getattr(self, series)
+        kept += values
+        del kept[:-keep]
+        self.recorded[series] = self.recorded.get(series, 0) + len(values)
+
+    def latest(self, series: str, seen: int) -> list[float]:
+        """The values of `series` recorded after the first `seen` (those still kept).
+
+        >>> stats = HandlerStats()
+        >>> stats.record("freshness_ms", [1.0, 2.0, 3.0], keep=2)
+        >>> stats.freshness_ms, stats.latest("freshness_ms", 1), stats.latest("freshness_ms", 3)
+        ([2.0, 3.0], [2.0, 3.0], [])
+        """
+        new = self.recorded.get(series, 0) - seen
+        kept: list[float] = getattr(self, series)
+        return kept[len(kept) - min(new, len(kept)) :] if new > 0 else []
 
 
 class ProfileHandler:
@@ -83,6 +108,7 @@ class ProfileHandler:
         self.stage: RecommendationStage | None = None
         self.publisher: Publisher | None = None
         self._lists: dict[int, list[RecList]] = {}
+        self._list_times: dict[int, list[int]] = {}  # per batch: Kafka ms of each list's trigger
         self.checkpoints: ModelCheckpoints | None = None
         self._checkpointed_at = time.monotonic()
         self._checkpointed_events = -1
@@ -150,8 +176,7 @@ class ProfileHandler:
             self._relearn(batch, coords)
         started = time.perf_counter()
         done = self.updater.submit(batch, batch.events, coords, offsets, forgets)
-        self.stats.redis_seconds.append(time.perf_counter() - started)
-        del self.stats.redis_seconds[:-1000]
+        self.stats.record("redis_seconds", [time.perf_counter() - started], keep=1000)
         if self.stage is not None:
             self._recommend(batch, coords)
             self._maybe_checkpoint()
@@ -218,8 +243,11 @@ class ProfileHandler:
         assert self.stage is not None
         self.stage.learn(batch.events, coords)
         triggers: dict[str, tuple[Event, tuple[str, int]]] = {}
-        for event, (topic, partition, _) in zip(batch.events, coords, strict=True):
+        trigger_ms: dict[str, int] = {}
+        for k, (event, (topic, partition, _)) in enumerate(zip(batch.events, coords, strict=True)):
             triggers[event.user_id] = (event, (topic, partition))
+            if k < len(batch.event_times):
+                trigger_ms[event.user_id] = batch.event_times[k]
         forgotten = {f.user_id for f, _ in batch.forgets}
         states = self.updater.states_of({u: p for u, (_, p) in triggers.items() if u not in forgotten})
         version = f"freshrec-0.1:learned={self.stage.recommender.events_learned}"
@@ -234,6 +262,7 @@ class ProfileHandler:
             for uid, items in self.stage.lists(states).items()
             if items
         ]
+        self._list_times[id(batch)] = [trigger_ms.get(rec.user_id, -1) for rec in self._lists[id(batch)]]
         if forgotten:
             self.stage.forget(sorted(forgotten))
             if self.publisher is not None:
@@ -249,14 +278,15 @@ class ProfileHandler:
 
     def _record(self, done: list[tuple[object, BatchOutcome]]) -> list[DecodedBatch]:
         batches = []
+        produced_ms: list[int] = []
         for token, outcome in done:
             lists = self._lists.pop(id(token), None)
+            produced_ms += self._list_times.pop(id(token), [])
             if lists and self.publisher is not None:
                 self.publisher.publish(lists)
                 self.stats.published += len(lists)
                 assert isinstance(token, DecodedBatch)
-                self.stats.freshness_ms.append((time.monotonic() - token.pulled_at) * 1000.0)
-                del self.stats.freshness_ms[:-100_000]
+                self.stats.record("freshness_ms", [(time.monotonic() - token.pulled_at) * 1000.0])
             self.stats.applied_events += outcome.applied_events
             self.stats.skipped_events += outcome.skipped_events
             self.stats.changed_users += len(outcome.changed_users)
@@ -267,6 +297,8 @@ class ProfileHandler:
             batches.append(token)
         if batches and self.publisher is not None:
             self.publisher.flush()  # lists delivered before the batch's offsets are committed
+            delivered_ms = time.time() * 1000.0
+            self.stats.record("end_to_end_ms", [delivered_ms - ms for ms in produced_ms if ms > 0])
         return batches
 
     #: errors after which the worker retries the same batch (with backoff) instead of failing

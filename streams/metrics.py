@@ -2,7 +2,9 @@
 
 `GET /metrics` — Prometheus text format: events/s (as counters), batch sizes, consumer lag,
 dead letters, Redis apply time, freshness (batch pulled -> lists handed to the producer),
-lists published, and the prequential HR/NDCG of freshrec and the baselines.
+end-to-end freshness (the triggering event's Kafka timestamp -> its list delivered), lists
+published, the prequential HR/NDCG of freshrec and the baselines, and the models' progress
+(events learned, re-learned after a restore, last checkpoint).
 `GET /healthz` — JSON: `{"status": "ok"|"stale", "last_batch_age_s", "events", ...}`;
 "stale" (HTTP 503) when the worker has input but handled no batch for `stale_after_s`.
 `freshrec status` prints one screen from both.
@@ -49,6 +51,12 @@ class WorkerMetrics:
             "freshrec_freshness_seconds", "Batch pulled from Kafka -> its lists handed to the producer",
             buckets=LATENCY_BUCKETS, registry=r,
         )  # fmt: skip
+        self.end_to_end = Histogram(
+            "freshrec_end_to_end_seconds",
+            "The triggering event's Kafka timestamp -> its refreshed list delivered to Kafka",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
         self.lag = Gauge(
             "freshrec_consumer_lag", "Messages behind the end of the events topic", ["partition"], registry=r
         )
@@ -65,8 +73,7 @@ class WorkerMetrics:
         self.last_batch_at: float | None = None
         self.last_lag: dict[int, int] = {}
         self._seen_published = 0
-        self._seen_redis = 0
-        self._seen_fresh = 0
+        self._seen: dict[str, int] = {}  # values of each handler timing series observed
 
     def observe(self, batch: Any, stats: Any, handler: Any = None, consumer: Consumer | None = None) -> None:
         """Record one handled batch (the worker's `on_batch` hook)."""
@@ -75,23 +82,28 @@ class WorkerMetrics:
         self.events.inc(len(batch.events))
         self.dead_letters.inc(batch.rejected)
         self.batch_size.observe(sum(last - first + 1 for first, last in batch.offsets.values()))
+        self.refresh(handler, quality=stats.batches % 10 == 1)
+        if consumer is not None and stats.batches % 10 == 1:
+            self._update_lag(consumer)
+
+    def refresh(self, handler: Any, quality: bool = True) -> None:
+        """Take the handler's new timings, list counts, model progress (and, with `quality`,
+        the prequential metrics): after each batch, and when the worker goes idle (the last
+        batch's lists are published then)."""
         hstats = getattr(handler, "stats", None)
         if hstats is not None:
             published = getattr(hstats, "published", 0)
             self.published.inc(published - self._seen_published)
             self._seen_published = published
-            redis_seconds = getattr(hstats, "redis_seconds", [])
-            for v in (
-                redis_seconds[self._seen_redis :] if len(redis_seconds) >= self._seen_redis else redis_seconds
-            ):
-                self.redis_seconds.observe(v)
-            self._seen_redis = len(redis_seconds)
-            freshness_ms = getattr(hstats, "freshness_ms", [])
-            for v in (
-                freshness_ms[self._seen_fresh :] if len(freshness_ms) >= self._seen_fresh else freshness_ms
-            ):
-                self.freshness.observe(v / 1000.0)
-            self._seen_fresh = len(freshness_ms)
+            if hasattr(hstats, "latest"):
+                for series, histogram, scale in (
+                    ("redis_seconds", self.redis_seconds, 1.0),
+                    ("freshness_ms", self.freshness, 1e-3),
+                    ("end_to_end_ms", self.end_to_end, 1e-3),
+                ):
+                    for v in hstats.latest(series, self._seen.get(series, 0)):
+                        histogram.observe(v * scale)
+                    self._seen[series] = hstats.recorded.get(series, 0)
             self.model.labels("relearned_events").set(getattr(hstats, "relearned_events", 0))
             checkpoint = getattr(hstats, "last_checkpoint", None)
             if checkpoint is not None:
@@ -101,12 +113,10 @@ class WorkerMetrics:
         stage = getattr(handler, "stage", None)
         if stage is not None:
             self.model.labels("events_learned").set(stage.recommender.events_learned)
-        if stage is not None and stats.batches % 10 == 1:
+        if stage is not None and quality:
             for model, result in stage.metrics_result(max(len(stage.recommender.catalog), 1)).items():
                 for metric in ("hr", "ndcg"):
                     self.quality.labels(model, metric).set(result[metric])
-        if consumer is not None and stats.batches % 10 == 1:
-            self._update_lag(consumer)
 
     def _update_lag(self, consumer: Consumer) -> None:
         try:

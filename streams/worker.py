@@ -41,6 +41,8 @@ class DecodedBatch:
 
     events: list[Event] = field(default_factory=list)
     event_coords: list[Coordinates] = field(default_factory=list)
+    #: each event's Kafka timestamp (epoch ms: when it was produced, or appended to the log)
+    event_times: list[int] = field(default_factory=list)
     forgets: list[tuple[ForgetUser, Coordinates]] = field(default_factory=list)
     offsets: dict[TopicPartitionKey, tuple[int, int]] = field(default_factory=dict)
     rejected: int = 0
@@ -146,7 +148,9 @@ class Worker:
         exact_batches: bool = False,
     ) -> None:
         """`exact_batches`: every batch holds `batch_max_events` messages unless a partition's
-        end is reached (deterministic batch boundaries for `freshrec evaluate`)."""
+        end is reached (deterministic batch boundaries for `freshrec evaluate`). `on_batch`
+        runs after each batch is handled, `on_idle` (attribute) when the input is idle and
+        batches became durable meanwhile."""
         self.settings = settings
         self.handler = handler
         self.exact_batches = exact_batches
@@ -154,6 +158,7 @@ class Worker:
         self.consumer = consumer or make_consumer(settings, group_id, **extra)
         self.dlq = dlq_producer or make_producer(settings, **{"linger.ms": 0})
         self.on_batch = on_batch
+        self.on_idle: Callable[[WorkerStats], None] | None = None
         self.catalog = CatalogReader(settings, self._dead_letter)
         self.stats = WorkerStats()
         self._stop = threading.Event()
@@ -184,7 +189,10 @@ class Worker:
                     self.handler.on_catalog(new_items, False)
                 messages = self._consume(s.batch_max_events, s.batch_max_wait_ms / 1000.0)
                 if not messages:
-                    self._commit_all(self._flush_with_retry())
+                    durable = self._flush_with_retry()
+                    self._commit_all(durable)
+                    if durable and self.on_idle is not None:
+                        self.on_idle(self.stats)
                     if idle_timeout_s is not None and time.monotonic() - last_message > idle_timeout_s:
                         break
                     continue
@@ -241,6 +249,7 @@ class Worker:
             else:
                 batch.events.append(decoded)
                 batch.event_coords.append(where)
+                batch.event_times.append(msg.timestamp()[1])
         self.stats.batches += 1
         self.stats.messages += sum(last - first + 1 for first, last in batch.offsets.values())
         self.stats.events += len(batch.events)

@@ -57,13 +57,17 @@ def test_worker_serves_metrics_health_and_status(settings, tmp_path):
             "freshrec_batch_size_bucket",
             "freshrec_redis_apply_seconds_bucket",
             "freshrec_freshness_seconds_bucket",
+            "freshrec_end_to_end_seconds_bucket",
             'freshrec_prequential{metric="hr",model="freshrec"}',
+            'freshrec_model{what="events_learned"} 300.0',
         )
         for name in expected:
             assert name in text, name
         status = subprocess.run([str(cli), "status"], env=env, capture_output=True, text=True, timeout=30)
         assert status.returncode == 0, status.stdout + status.stderr
         assert "worker ok" in status.stdout and "events 300" in status.stdout
+        assert "end to end (event produced -> its list delivered)" in status.stdout
+        assert "models: 300 events learned" in status.stdout
     finally:
         worker.send_signal(signal.SIGTERM)
         out, _ = worker.communicate(timeout=60)
