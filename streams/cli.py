@@ -294,7 +294,10 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
         settings.topic_events, settings.topic_items, settings.group_id, settings.kafka_bootstrap_servers,
     )  # fmt: skip
     stats = worker.run(max_events=args.max_events, idle_timeout_s=args.idle_timeout)
-    print(f"worker stopped: {stats.events} events, {stats.rejected} dead-lettered, {stats.batches} batches")
+    print(
+        f"worker stopped: {stats.events} events, {stats.rejected} dead-lettered, "
+        f"{stats.duplicates} duplicates dropped, {stats.batches} batches"
+    )
     return 0
 
 
@@ -331,6 +334,7 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
     print(f"worker {health['status']}: up {health['uptime_s']:.0f} s, last batch "
           f"{health['last_batch_age_s']} s ago, consumer lag {health['consumer_lag']:,}")  # fmt: skip
     print(f"events {health['events']:,}   dead letters {health['dead_letters']:,}   "
+          f"duplicates {health.get('duplicates', 0):,}   "
           f"lists published {health['lists_published']:,}")  # fmt: skip
     count, total = (
         values.get("freshrec_freshness_seconds_count", 0.0),

@@ -43,6 +43,7 @@ class Settings:
     group_id: str = "freshrec-worker"
     batch_max_events: int = 2000
     batch_max_wait_ms: int = 20
+    dedupe_window: int = 50_000
     half_lives_s: tuple[float, ...] = (3600.0, 86400.0, 604800.0)
     session_gap_s: float = 1800.0
     user_ttl_s: float = 30 * 86400.0

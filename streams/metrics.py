@@ -33,6 +33,9 @@ class WorkerMetrics:
         self.dead_letters = Counter(
             "freshrec_dead_letters", "Messages sent to the dead-letter topic", registry=r
         )
+        self.duplicates = Counter(
+            "freshrec_duplicates", "Events dropped: their event_id repeated (dedupe window)", registry=r
+        )
         self.batches = Counter("freshrec_batches", "Micro-batches handled", registry=r)
         self.published = Counter("freshrec_lists_published", "Recommendation lists published", registry=r)
         self.batch_size = Histogram(
@@ -81,6 +84,7 @@ class WorkerMetrics:
         self.batches.inc()
         self.events.inc(len(batch.events))
         self.dead_letters.inc(batch.rejected)
+        self.duplicates.inc(batch.duplicates)
         self.batch_size.observe(sum(last - first + 1 for first, last in batch.offsets.values()))
         self.refresh(handler, quality=stats.batches % 10 == 1)
         if consumer is not None and stats.batches % 10 == 1:
@@ -140,6 +144,7 @@ class WorkerMetrics:
             "last_batch_age_s": None if age is None else round(age, 2),
             "events": int(self.events._value.get()),
             "dead_letters": int(self.dead_letters._value.get()),
+            "duplicates": int(self.duplicates._value.get()),
             "lists_published": int(self.published._value.get()),
             "consumer_lag": lagging,
         }

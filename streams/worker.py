@@ -23,6 +23,7 @@ from profiles.events import Event, ForgetUser, Item
 from streams.catalog import CatalogReader
 from streams.config import Settings
 from streams.contract import decode_event
+from streams.dedupe import Deduplicator, WindowLoader
 from streams.errors import Coordinates, DecodeError, FreshrecError
 from streams.kafka_io import make_consumer, make_producer
 
@@ -46,6 +47,8 @@ class DecodedBatch:
     forgets: list[tuple[ForgetUser, Coordinates]] = field(default_factory=list)
     offsets: dict[TopicPartitionKey, tuple[int, int]] = field(default_factory=dict)
     rejected: int = 0
+    #: events dropped because their event_id repeated one of the dedupe window
+    duplicates: int = 0
     pulled_at: float = field(default_factory=time.monotonic)
 
     def __len__(self) -> int:
@@ -115,6 +118,7 @@ class WorkerStats:
     messages: int = 0
     events: int = 0
     rejected: int = 0
+    duplicates: int = 0
     retries: int = 0
     last_batch_size: int = 0
     started_at: float = field(default_factory=time.monotonic)
@@ -160,6 +164,8 @@ class Worker:
         self.on_batch = on_batch
         self.on_idle: Callable[[WorkerStats], None] | None = None
         self.catalog = CatalogReader(settings, self._dead_letter)
+        self.dedupe = Deduplicator(settings.dedupe_window) if settings.dedupe_window > 0 else None
+        self._window_loader = WindowLoader(settings)
         self.stats = WorkerStats()
         self._stop = threading.Event()
         self._dlq_failures: list[str] = []
@@ -246,6 +252,8 @@ class Worker:
                 continue
             if isinstance(decoded, ForgetUser):
                 batch.forgets.append((decoded, where))
+            elif self.dedupe is not None and self._is_duplicate(key, offset, decoded.event_id):
+                batch.duplicates += 1
             else:
                 batch.events.append(decoded)
                 batch.event_coords.append(where)
@@ -254,8 +262,16 @@ class Worker:
         self.stats.messages += sum(last - first + 1 for first, last in batch.offsets.values())
         self.stats.events += len(batch.events)
         self.stats.rejected += batch.rejected
+        self.stats.duplicates += batch.duplicates
         self.stats.last_batch_size = len(batch)
         return batch
+
+    def _is_duplicate(self, partition: TopicPartitionKey, offset: int, event_id: str) -> bool:
+        assert self.dedupe is not None
+        if not self.dedupe.knows(partition):  # first event since assignment: rebuild the window
+            window = self.dedupe.window
+            self.dedupe.start(partition, self._window_loader.history(partition, offset, window))
+        return self.dedupe.is_duplicate(partition, offset, event_id)
 
     def _dead_letter(self, msg: Message, exc: DecodeError) -> None:
         log.warning("dead-lettered %s", exc)
@@ -323,6 +339,8 @@ class Worker:
     # ------------------------------------------------------------------ rebalance
     def _assigned(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         keys = [(tp.topic, tp.partition) for tp in partitions]
+        if self.dedupe is not None:
+            self.dedupe.forget(keys)  # rebuilt from the log where reading starts
         self.handler.on_assign(keys)
         wanted = getattr(self.handler, "start_offsets", lambda _: {})(keys)
         if not wanted or not partitions:
@@ -346,6 +364,8 @@ class Worker:
         self._commit_all(self._flush_with_retry())  # what is in flight becomes durable first
         self._commit_pending(keys)
         self.handler.on_revoke(keys)
+        if self.dedupe is not None:
+            self.dedupe.forget(keys)
 
     def _commit_pending(self, keys: list[TopicPartitionKey] | None = None) -> None:
         """Synchronously commit what was applied (on revoke and on close)."""
@@ -373,4 +393,5 @@ class Worker:
         self._commit_pending()
         self.consumer.close()
         self.catalog.close()
+        self._window_loader.close()
         self.handler.close()
