@@ -77,12 +77,29 @@ class ImplicitMF:
         """One positive (`weight` = its event type's weight) and its sampled negatives
         (item id, dense index)."""
         self.loss.weight_pos = weight
-        self.model.learn_one(user, item, 1)
+        self._step(user, item, 1)
         self._mirror(item, index)
         for neg, j in negatives:
             if neg != item:
-                self.model.learn_one(user, neg, 0)
+                self._step(user, neg, 0)
                 self._mirror(neg, j)
+
+    def _step(self, user: str, item: str, y: int) -> None:
+        """`FunkMF.learn_one(user, item, y)`, the same arithmetic in the same order on the
+        same River state, without its per-call dict and optimizer overhead (a quarter of
+        the time; `tests/test_scoring_models.py` checks it bit for bit)."""
+        model = self.model
+        u = model.u_latents[user]  # (creates missing latents in River's order: user, item)
+        v = model.i_latents[item]
+        g = self.loss.gradient(y, np.dot(u, v).item())
+        g = max(min(g, model.clip_gradient), -model.clip_gradient)
+        u_grad = g * v + model.l2 * u
+        v_grad = g * u + model.l2 * v
+        u_opt, i_opt = model.u_optimizer, model.i_optimizer
+        u -= u_opt.learning_rate * u_grad
+        v -= i_opt.learning_rate * v_grad
+        u_opt.n_iterations += 1
+        i_opt.n_iterations += 1
 
     def scores(self, user: str, idx: IntArray) -> FloatArray:
         """Logits `u · vᵢ` for items `idx` (0 for an unknown user)."""
