@@ -484,6 +484,7 @@ class Recommender:
         # pass 2: every model learns, each in event order
         hists: dict[int, IntArray] = {}
         ids = cat.ids
+        mf_steps = []
         for j, t, negs in todo:
             if before_learn is not None:
                 before_learn(j)
@@ -498,9 +499,10 @@ class Recommender:
                 hist = hists[u] = cat.indices(contexts[u].long_history)
             self.knn.add(t, hist[hist != t])
             weight = float(cfg.type_weights.get(event.type, 1.0))
-            self.mf.learn(user, item, t, weight, [(ids[i], i) for i in negs])
+            mf_steps.append((user, item, t, weight, [(ids[i], i) for i in negs]))
             cat.add_popularity(t, weight, event.ts)
             self.events_learned += 1
+        self.mf.learn_many(mf_steps)
         at = 0
         for _, neg_rows, pw in steps:
             n = neg_rows.shape[0]

@@ -88,7 +88,9 @@ def _assert_same_set(batch: CandidateSet, want: ref.CandidateSet) -> None:
 
 @settings(max_examples=8, deadline=None)
 @given(seed=st.integers(0, 10_000), n_items=st.integers(20, 90), n_users=st.integers(2, 20))
-def test_batched_candidates_and_lists_equal_the_per_user_reference(seed: int, n_items: int, n_users: int) -> None:
+def test_batched_candidates_and_lists_equal_the_per_user_reference(
+    seed: int, n_items: int, n_users: int
+) -> None:
     rec, world, _ = _world(seed, n_items, n_users, 8 * n_users + 40)
     users = [f"u{u}" for u in range(n_users)] + ["nobody"]
     contexts, inputs, covis, trending = _batch_inputs(world, users, 1e6)
@@ -178,7 +180,9 @@ def test_knn_top_many_equals_dense_scores(seed: int, n_items: int, k: int) -> No
     for _ in range(4 * n_items):
         b = int(rng.integers(0, n_items))
         co.add(b, rng.choice(n_items, size=int(rng.integers(0, min(6, n_items) + 1)), replace=False))
-    hists = [rng.choice(n_items, size=int(rng.integers(0, min(8, n_items) + 1)), replace=False) for _ in range(5)]
+    hists = [
+        rng.choice(n_items, size=int(rng.integers(0, min(8, n_items) + 1)), replace=False) for _ in range(5)
+    ]
     excl = [rng.choice(n_items, size=int(rng.integers(0, n_items + 1)), replace=False) for _ in range(5)]
     got = co.top_many(hists, excl, n_items, k)
     for h, ex, (idx, val) in zip(hists, excl, got, strict=True):
@@ -226,6 +230,27 @@ def test_mf_step_is_rivers_learn_one_bit_for_bit() -> None:
         assert list(a) == list(b)  # created in the same order
         assert all(np.array_equal(a[key], b[key]) for key in a)
     assert fast.model.u_optimizer.n_iterations == river.model.u_optimizer.n_iterations
+
+
+@settings(max_examples=20, deadline=None)
+@given(seed=st.integers(0, 10_000), n_users=st.integers(1, 8), n_items=st.integers(1, 12))
+def test_mf_learn_many_equals_learning_in_order(seed: int, n_users: int, n_items: int) -> None:
+    rng = np.random.default_rng(seed)
+    waves, in_order = ImplicitMF(4, seed=seed), ImplicitMF(4, seed=seed)
+    steps = []
+    for _ in range(int(rng.integers(1, 60))):
+        item = int(rng.integers(0, n_items))
+        negs = [(f"i{j}", j) for j in rng.integers(0, n_items, size=int(rng.integers(0, 4))).tolist()]
+        steps.append((f"u{rng.integers(0, n_users)}", f"i{item}", item, float(rng.choice([1.0, 5.0])), negs))
+    for user, item, idx, w, negs in steps:
+        in_order.learn(user, item, idx, w, negs)
+    waves.learn_many(steps)
+    for name in ("u_latents", "i_latents"):
+        a, b = getattr(waves.model, name), getattr(in_order.model, name)
+        assert list(a) == list(b)  # created in the same order (same random initial factors)
+        assert all(np.allclose(a[key], b[key], rtol=1e-12, atol=1e-15) for key in a)
+    assert np.allclose(waves.item_matrix, in_order.item_matrix, rtol=1e-12, atol=1e-15)
+    assert waves.model.i_optimizer.n_iterations == in_order.model.i_optimizer.n_iterations
 
 
 def test_an_empty_batch() -> None:
