@@ -7,6 +7,10 @@ recommends for every changed user from the updated state. Candidate inputs that 
 workers also feed (co-visitation neighbours, trending) come from Redis in one pipelined
 read per batch; the models (`scoring.Recommender`) learn each event with the context from
 before its batch, predict first and learn after, and skip an offset already learned.
+
+Both passes score all the batch's users at once (`Recommender.candidate_batch`): the
+events learn with candidates computed from the models as they were before the batch
+(`learn_batch`), the lists come from one `candidate_batch` + `recommend_batch` after it.
 """
 
 from __future__ import annotations

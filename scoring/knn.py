@@ -195,9 +195,11 @@ class CoOccurrence:
         ...     [np.array([], np.int64), np.array([1]), np.array([], np.int64)], 3, 2)]
         [([1, 2], [1.0, 0.707]), ([2], [0.707]), ([], [])]
         """
+        if len(histories) <= 2:  # a sparse product costs more than it saves for a user or two
+            return [
+                self._top(self.scores(h, n_items), ex, m) for h, ex in zip(histories, exclude, strict=True)
+            ]
         empty = (np.zeros(0, np.int64), np.zeros(0))
-        if not histories:
-            return []
         cnt = self.count
         inv_b = np.zeros(cnt.shape[0])
         pos = cnt > 0.0
@@ -243,10 +245,19 @@ class CoOccurrence:
                 mark[ex] = True
                 keep &= ~mark[c]
                 mark[ex] = False
-            c, v = c[keep], v[keep]
-            if c.shape[0] > m:
-                kth = np.partition(v, c.shape[0] - m)[c.shape[0] - m]
-                c, v = c[v >= kth], v[v >= kth]
-            o = np.lexsort((c, -v))[:m]
-            out.append((c[o], v[o]))
+            out.append(self._best(c[keep], v[keep], m))
         return out
+
+    def _top(self, dense: FloatArray, exclude: IntArray, m: int) -> tuple[IntArray, FloatArray]:
+        dense[exclude] = 0.0
+        c = np.flatnonzero(dense > 0.0)
+        return self._best(c, dense[c], m)
+
+    @staticmethod
+    def _best(c: IntArray, v: FloatArray, m: int) -> tuple[IntArray, FloatArray]:
+        """The `m` largest values (ties: smaller index first), best first."""
+        if c.shape[0] > m:
+            kth = np.partition(v, c.shape[0] - m)[c.shape[0] - m]
+            c, v = c[v >= kth], v[v >= kth]
+        o = np.lexsort((c, -v))[:m]
+        return c[o], v[o]
