@@ -7,6 +7,10 @@ recommends for every changed user from the updated state. Candidate inputs that 
 workers also feed (co-visitation neighbours, trending) come from Redis in one pipelined
 read per batch; the models (`scoring.Recommender`) learn each event with the context from
 before its batch, predict first and learn after, and skip an offset already learned.
+
+Both passes score all the batch's users at once (`Recommender.candidate_batch`): the
+events learn with candidates computed from the models as they were before the batch
+(`learn_batch`), the lists come from one `candidate_batch` + `recommend_batch` after it.
 """
 
 from __future__ import annotations
@@ -21,7 +25,6 @@ from profiles.events import Event, Item
 from profiles.store import RedisFeatureStore
 from profiles.updater import Coords
 from profiles.user_state import UserState
-from scoring.candidates import CandidateSet
 from scoring.metrics import PrequentialMetrics
 from scoring.recommender import Recommender
 from scoring.types import CandidateInputs, Interaction, RecItem, UserContext
@@ -61,7 +64,8 @@ class RecommendationStage:
         self.config = config or StageConfig()
         self._before: dict[str, tuple[UserContext, CandidateInputs]] = {}
         self._served: dict[str, list[str]] = {}  # the list each user was last given
-        self._batch_inputs: tuple[dict[str, list[tuple[str, float]]], list[tuple[str, float]]] = ({}, [])
+        #: the batch's candidate read (co-visitation neighbours, trending)
+        self._batch_reads: tuple[dict[str, list[tuple[str, float]]], list[tuple[str, float]]] = ({}, [])
         k = self.config.k
         self.metrics = {name: PrequentialMetrics(k) for name in ("freshrec", "popularity", "covisitation")}
         self._squared_error = 0.0
@@ -106,16 +110,21 @@ class RecommendationStage:
             history=state.history_items(),
         )
 
-    def _inputs(self, contexts: Mapping[str, UserContext]) -> dict[str, CandidateInputs]:
+    def _read(
+        self, contexts: Sequence[UserContext]
+    ) -> tuple[dict[str, list[tuple[str, float]]], list[tuple[str, float]]]:
+        """Co-visitation neighbours of the users' recent items and trending (one read)."""
         if not contexts:
-            return {}
-        at = max(c.ts for c in contexts.values())
-        items = [i for c in contexts.values() for i in c.recent_items]
-        covis, trending = self.store.candidate_inputs(items, self.config.covis_k, self.config.trending_k, at)
-        return {
-            uid: CandidateInputs({i: covis[i] for i in c.recent_items if i in covis}, trending)
-            for uid, c in contexts.items()
-        }
+            return {}, []
+        at = max(c.ts for c in contexts)
+        items = [i for c in contexts for i in c.recent_items]
+        return self.store.candidate_inputs(items, self.config.covis_k, self.config.trending_k, at)
+
+    @staticmethod
+    def _inputs_of(
+        ctx: UserContext, covis: Mapping[str, list[tuple[str, float]]], trending: list[tuple[str, float]]
+    ) -> CandidateInputs:
+        return CandidateInputs({i: covis[i] for i in ctx.recent_items if i in covis}, trending)
 
     def before_batch(self, states: Mapping[str, UserState], events: Sequence[Event]) -> None:
         """Snapshot the contexts of the batch's users before their events are applied, at
@@ -125,7 +134,7 @@ class RecommendationStage:
             items = [i for s in states.values() for i in self.context(s).recent_items]
             items += [e.item_id for e in events]
             at = max((e.ts for e in events), default=0.0)
-            self._batch_inputs = self.store.candidate_inputs(
+            self._batch_reads = self.store.candidate_inputs(
                 items, self.config.covis_k, self.config.trending_k, at
             )
             return
@@ -133,8 +142,8 @@ class RecommendationStage:
         for event in events:
             first.setdefault(event.user_id, event.ts)
         contexts = {uid: self.context(s, first.get(uid), frozen=True) for uid, s in states.items()}
-        inputs = self._inputs(contexts)
-        self._before = {uid: (contexts[uid], inputs[uid]) for uid in contexts}
+        covis, trending = self._batch_reads = self._read(list(contexts.values()))
+        self._before = {uid: (c, self._inputs_of(c, covis, trending)) for uid, c in contexts.items()}
 
     def before_event(self, state: UserState, event: Event, where: Coords) -> None:
         """Per-event protocol: score the list computed from the user's state right now,
@@ -144,8 +153,7 @@ class RecommendationStage:
         if offset <= self.recommender.offsets.get(position[0], -1):
             return  # scored and learned before (a recomputed batch)
         ctx = self.context(state, event.ts)
-        covis, trending = self._batch_inputs
-        inputs = CandidateInputs({i: covis[i] for i in ctx.recent_items if i in covis}, trending)
+        inputs = self._inputs_of(ctx, *self._batch_reads)
         cs = self.recommender.candidates(ctx, inputs)
         k = self.config.k
         served = [item.item_id for item in self.recommender.recommend(ctx, inputs, k, cs)]
@@ -172,33 +180,48 @@ class RecommendationStage:
         Scored against each event, side by side: freshrec's list as last served to the user
         (a user never served gets the trending list, as a service would), decayed
         popularity (trending minus seen) and co-visitation of the user's last 10 items.
-        """
-        learned = 0
+
+        The batch's users' candidates come from the models as they were before the batch
+        (one `candidate_batch` for all of them), and the events are learned in order with
+        them (`Recommender.learn_batch`)."""
         k = self.config.k
-        candidate_sets: dict[str, CandidateSet] = {}
-        baselines: dict[str, tuple[list[str], list[str]]] = {}
-        for event, (topic, partition, offset) in zip(events, coords, strict=True):
+        rows: dict[str, int] = {}
+        contexts: list[UserContext] = []
+        live: list[int] = []
+        learned_to = self.recommender.offsets
+        for j, (event, (topic, partition, offset)) in enumerate(zip(events, coords, strict=True)):
             before = self._before.get(event.user_id)
-            if before is None:
+            if before is None or offset <= learned_to.get(f"{topic}:{partition}", -1):
                 continue
-            ctx, inputs = before
-            if offset <= self.recommender.offsets.get(f"{topic}:{partition}", -1):
-                continue
+            if event.user_id not in rows:
+                rows[event.user_id] = len(contexts)
+                contexts.append(before[0])
+            live.append(j)
+        self._before, before_all = {}, self._before
+        if not live:
+            return 0
+        covis, trending = self._batch_reads
+        cs = self.recommender.candidate_batch(contexts, covis, trending, score=False)
+        baselines: dict[str, tuple[list[str], list[str]]] = {}
+
+        def score(n: int) -> None:
+            event = events[live[n]]
             lists = baselines.get(event.user_id)
             if lists is None:
+                ctx, inputs = before_all[event.user_id]
                 lists = baselines[event.user_id] = baseline_lists(ctx, inputs, k)
             popular, covisited = lists
             self._score(event, self._served.get(event.user_id, popular), popular, covisited)
-            cs = candidate_sets.get(event.user_id)
-            if cs is None:
-                cs = candidate_sets[event.user_id] = self.recommender.candidates(ctx, inputs)
-            interaction = Interaction(event.user_id, event.item_id, event.ts, event.type, event.value)
-            if self.recommender.learn(
-                interaction, ctx, inputs, cs, position=(f"{topic}:{partition}", offset)
-            ):
-                learned += 1
-        self._before = {}
-        return learned
+
+        chosen = [events[j] for j in live]
+        return self.recommender.learn_batch(
+            [Interaction(e.user_id, e.item_id, e.ts, e.type, e.value) for e in chosen],
+            contexts,
+            cs,
+            [rows[e.user_id] for e in chosen],
+            [(f"{coords[j][0]}:{coords[j][1]}", coords[j][2]) for j in live],
+            before_learn=score,
+        )
 
     def relearn(
         self, states: Mapping[str, UserState], events: Sequence[Event], coords: Sequence[Coords]
@@ -224,11 +247,13 @@ class RecommendationStage:
         return learned
 
     def lists(self, states: Mapping[str, UserState]) -> dict[str, list[RecItem]]:
-        """Fresh top-K lists for the given (changed) users, from their current state."""
-        contexts = {uid: self.context(s) for uid, s in states.items()}
-        inputs = self._inputs(contexts)
-        k = self.config.k
-        out = {uid: self.recommender.recommend(contexts[uid], inputs[uid], k) for uid in contexts}
+        """Fresh top-K lists for the given (changed) users, from their current state (all of
+        them scored in one `candidate_batch`)."""
+        uids = list(states)
+        contexts = [self.context(states[uid]) for uid in uids]
+        covis, trending = self._read(contexts)
+        cs = self.recommender.candidate_batch(contexts, covis, trending)
+        out = dict(zip(uids, self.recommender.recommend_batch(contexts, cs, self.config.k), strict=True))
         for uid, items in out.items():
             self._served[uid] = [item.item_id for item in items]
         return out

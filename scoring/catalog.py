@@ -33,13 +33,37 @@ from numpy.typing import NDArray
 from scoring.decay import REBASE_HALF_LIVES
 from scoring.types import FloatArray
 
-__all__ = ["BruteForceIndex", "HnswIndex", "ItemCatalog", "VectorIndex", "make_vector_index"]
+__all__ = ["BruteForceIndex", "HnswIndex", "ItemCatalog", "VectorIndex", "make_vector_index", "top_k_rows"]
 
 IntArray = NDArray[np.int64]
 #: Catalogs at least this large use an ANN index (when hnswlib is importable).
 DEFAULT_ANN_THRESHOLD: Final[int] = 50_000
 #: Categories per item that features look at.
 MAX_CATEGORIES: Final[int] = 8
+
+
+def top_k_rows(scores: NDArray[Any], k: int) -> list[IntArray]:
+    """Per row of `scores` (2-D), the column indices of its `k` largest values, best first,
+    ties by column index. A lower bound on each row's k-th value comes from a strided sample
+    of the columns (its k-th largest: at least k values of the row reach it), so only the
+    few values above it are sorted.
+
+    >>> [r.tolist() for r in top_k_rows(np.array([[0.1, 0.9, 0.5, 0.9], [3.0, 2.0, 1.0, 0.0]]), 2)]
+    [[1, 3], [0, 1]]
+    """
+    n = scores.shape[1]
+    k = min(k, n)
+    if k <= 0:
+        return [np.zeros(0, np.int64) for _ in range(scores.shape[0])]
+    step = max(1, n // max(8 * k, 1024))
+    sample = scores[:, ::step]
+    m = sample.shape[1]
+    bound = np.partition(sample, m - k, axis=1)[:, m - k] if m > k else scores.min(axis=1)
+    out = []
+    for row, b in zip(scores, bound.tolist(), strict=True):
+        c = np.flatnonzero(row >= b)
+        out.append(c[np.lexsort((c, -row[c]))[:k]])
+    return out
 
 
 class VectorIndex(Protocol):
@@ -257,6 +281,12 @@ class ItemCatalog:
         out: FloatArray = self.pop_raw[idx] * 2.0 ** ((self.pop_landmark - at) / self.pop_half_life)
         return out
 
+    def popularity_factor(self, at: float) -> float:
+        """What `pop_raw` is multiplied by to read the popularity at `at` (0 before any)."""
+        if self.pop_landmark is None:
+            return 0.0
+        return float(2.0 ** ((self.pop_landmark - at) / self.pop_half_life))
+
     def max_popularity(self, at: float) -> float:
         """The largest decayed popularity, read at `at`."""
         if self.pop_landmark is None:
@@ -309,6 +339,38 @@ class ItemCatalog:
         if norm == 0.0 or not self.ids:
             return np.zeros(0, np.int64), np.zeros(0)
         return self.vector_index.query(self.vectors, len(self.ids), q / norm, k)
+
+    def nearest_many(self, queries: Sequence[FloatArray | None], k: int) -> list[IntArray]:
+        """`nearest` for several query vectors at once (None or zero: no items): one matrix
+        product for all of them with the brute-force index. Exact top `k` by cosine, best
+        first, ties by item index (the brute-force `nearest` breaks ties arbitrarily).
+
+        >>> cat = ItemCatalog(dim=2, pop_half_life=3600.0)
+        >>> for i, v in [("a", [1.0, 0.0]), ("b", [0.0, 1.0]), ("c", [1.0, 1.0])]:
+        ...     _ = cat.add_item(i, np.array(v))
+        >>> [r.tolist() for r in cat.nearest_many([np.array([2.0, 0.1]), None, np.zeros(2)], 2)]
+        [[0, 2], [], []]
+        """
+        empty = np.zeros(0, np.int64)
+        out = [empty] * len(queries)
+        rows: list[int] = []
+        unit: list[FloatArray] = []
+        for r, q in enumerate(queries):
+            norm = 0.0 if q is None else float(np.linalg.norm(q))
+            if q is not None and norm > 0.0:
+                rows.append(r)
+                unit.append(q / norm)
+        n = len(self.ids)
+        if not rows or n == 0 or k <= 0:
+            return out
+        if not isinstance(self.vector_index, BruteForceIndex):
+            for r, q in zip(rows, unit, strict=True):
+                out[r] = self.vector_index.query(self.vectors, n, q, k)[0]
+            return out
+        sims = np.stack(unit).astype(self.vectors.dtype) @ self.vectors[:n].T
+        for r, top in zip(rows, top_k_rows(sims, k), strict=True):
+            out[r] = top
+        return out
 
     def __getstate__(self) -> dict[str, Any]:
         state = {k: v for k, v in self.__dict__.items() if k != "vector_index"}

@@ -27,10 +27,12 @@ neighbours). Counts are exact (no neighbour cap: trimming hurts the long tail).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from numpy.typing import NDArray
+from scipy import sparse
 
 from scoring.types import FloatArray
 
@@ -175,5 +177,87 @@ class CoOccurrence:
             ca = cnt[a] if a < cnt.shape[0] else 0.0
             if ca <= 0.0:
                 continue
-            out[idx] += (float(rw[p]) * ca**-self.alpha) * val * inv_b[idx]
+            out[idx] += (float(rw[p]) * ca**-self.alpha) * (val * inv_b[idx])
         return out[:n_items]
+
+    def top_many(
+        self, histories: Sequence[IntArray], exclude: Sequence[IntArray], n_items: int, m: int
+    ) -> list[tuple[IntArray, FloatArray]]:
+        """For each user (history, items to exclude), the `m` best items by kNN score with
+        their scores (> 0), best first, ties by item index: `scores` for every user at once,
+        as one sparse product (users × history items) · (history items × items).
+
+        >>> co = CoOccurrence(window=5)
+        >>> for hist, b in [((), 0), ((0,), 1), ((), 0), ((0,), 2), ((2, 0), 1)]:
+        ...     co.add(b, np.array(hist, dtype=np.int64))
+        >>> [(i.tolist(), [round(float(x), 3) for x in v]) for i, v in co.top_many(
+        ...     [np.array([0]), np.array([0]), np.array([], np.int64)],
+        ...     [np.array([], np.int64), np.array([1]), np.array([], np.int64)], 3, 2)]
+        [([1, 2], [1.0, 0.707]), ([2], [0.707]), ([], [])]
+        """
+        if len(histories) <= 2:  # a sparse product costs more than it saves for a user or two
+            return [
+                self._top(self.scores(h, n_items), ex, m) for h, ex in zip(histories, exclude, strict=True)
+            ]
+        empty = (np.zeros(0, np.int64), np.zeros(0))
+        cnt = self.count
+        inv_b = np.zeros(cnt.shape[0])
+        pos = cnt > 0.0
+        inv_b[pos] = cnt[pos] ** -(1.0 - self.alpha)
+        rw = self._rec_w.tolist()
+        local: dict[int, int] = {}  # history item -> its row in the sparse item matrix
+        h_ptr = [0]
+        h_col: list[int] = []
+        h_val: list[float] = []
+        row = self.pairs.row
+        for history in histories:
+            for p, a in enumerate(history[: self.n_recent].tolist()):
+                ca = float(cnt[a]) if a < cnt.shape[0] else 0.0
+                if ca <= 0.0 or row(a)[0].shape[0] == 0:
+                    continue
+                j = local.get(a)
+                if j is None:
+                    j = local[a] = len(local)
+                h_col.append(j)
+                h_val.append(rw[p] * ca**-self.alpha)
+            h_ptr.append(len(h_col))
+        if not local:
+            return [empty] * len(histories)
+        rows = [row(a) for a in local]
+        s_idx = np.concatenate([r[0] for r in rows])
+        s_val = np.concatenate([r[1] for r in rows]) * inv_b[s_idx]
+        s_ptr = np.zeros(len(rows) + 1, np.int64)
+        np.cumsum([r[0].shape[0] for r in rows], out=s_ptr[1:])
+        width = max(n_items, int(s_idx.max()) + 1)
+        hm = sparse.csr_matrix((np.array(h_val), np.array(h_col, np.int64), np.array(h_ptr, np.int64)),
+                               shape=(len(histories), len(rows)))  # fmt: skip
+        sm = sparse.csr_matrix((s_val, s_idx, s_ptr), shape=(len(rows), width))
+        # accumulates, per user, its history items' rows in history order (like `scores`)
+        prod = hm @ sm
+        ptr, cols, vals = prod.indptr.tolist(), prod.indices, prod.data
+        mark = np.zeros(width, bool)
+        out: list[tuple[IntArray, FloatArray]] = []
+        for u, ex in enumerate(exclude):
+            c = cols[ptr[u] : ptr[u + 1]].astype(np.int64)
+            v = vals[ptr[u] : ptr[u + 1]]
+            keep = (v > 0.0) & (c < n_items)
+            if ex.shape[0]:
+                mark[ex] = True
+                keep &= ~mark[c]
+                mark[ex] = False
+            out.append(self._best(c[keep], v[keep], m))
+        return out
+
+    def _top(self, dense: FloatArray, exclude: IntArray, m: int) -> tuple[IntArray, FloatArray]:
+        dense[exclude] = 0.0
+        c = np.flatnonzero(dense > 0.0)
+        return self._best(c, dense[c], m)
+
+    @staticmethod
+    def _best(c: IntArray, v: FloatArray, m: int) -> tuple[IntArray, FloatArray]:
+        """The `m` largest values (ties: smaller index first), best first."""
+        if c.shape[0] > m:
+            kth = np.partition(v, c.shape[0] - m)[c.shape[0] - m]
+            c, v = c[v >= kth], v[v >= kth]
+        o = np.lexsort((c, -v))[:m]
+        return c[o], v[o]

@@ -43,11 +43,12 @@ False
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
 
 import numpy as np
+from numpy.typing import NDArray
 
 from scoring.candidates import CandidateConfig, CandidateSet, generate
 from scoring.catalog import ItemCatalog
@@ -95,6 +96,19 @@ _PRIOR: Final[dict[str, float]] = {
     "trending": 1.0,
 }
 STATE_FORMAT: Final = 2
+
+IntArray = NDArray[np.int64]
+
+
+def _seg_max(values: FloatArray, offsets: IntArray, users: IntArray) -> FloatArray:
+    """Each row's divisor: the maximum of its user's `values` (segments of `offsets`), or 1
+    where that maximum is not positive (the values are then all 0)."""
+    m = np.zeros(offsets.shape[0] - 1)
+    full = offsets[1:] > offsets[:-1]
+    if values.shape[0]:
+        m[full] = np.maximum.reduceat(values, offsets[:-1][full])
+    out: FloatArray = np.where(m > 0.0, m, 1.0)[users]
+    return out
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,76 +199,119 @@ class Recommender:
 
     def candidates(self, ctx: UserContext, inputs: CandidateInputs) -> CandidateSet:
         """`ctx`'s candidates with their feature matrix and ranker logits."""
+        return self.candidate_batch([ctx], inputs.covisitation, inputs.trending)
+
+    def candidate_batch(
+        self,
+        contexts: Sequence[UserContext],
+        covisitation: Mapping[str, Sequence[tuple[str, float]]],
+        trending: Sequence[tuple[str, float]],
+        *,
+        score: bool = True,
+    ) -> CandidateSet:
+        """The candidates of several users at once (user u's are `.user(u)`), with their
+        features and ranker logits (`score=False`: without, e.g. for `learn_batch`, which
+        computes the few rows it needs). `covisitation` must hold the neighbours of every
+        user's recent items (a user's inputs are `CandidateInputs({i: covisitation[i] for i
+        in ctx.recent_items if i in covisitation}, trending)`)."""
         cat = self.catalog
-        knn = None
-        hist = cat.indices(ctx.long_history)
-        if hist.shape[0]:
-            dense = self.knn.scores(hist, len(cat))
-            if ctx.seen_items:
-                dense[cat.indices(ctx.seen_items)] = 0.0
-            top = np.flatnonzero(dense > 0.0)
-            m = self.config.candidates.n_knn
-            if top.shape[0] > m:
-                kth = np.partition(dense[top], top.shape[0] - m)[top.shape[0] - m]
-                top = top[dense[top] >= kth]
-            top = top[np.lexsort((top, -dense[top]))][:m]
-            knn = (top, dense[top])
-        cs = generate(ctx, inputs, cat, self.config.candidates, knn)
-        cs.features = self.features(ctx, cs)
-        cs.scores = self.ranker.score(cs.features)
+        empty = np.zeros(0, np.int64)
+        seen = [cat.indices(c.seen_items) if c.seen_items else empty for c in contexts]
+        histories = [cat.indices(c.long_history) for c in contexts]
+        knn = self.knn.top_many(histories, seen, len(cat), self.config.candidates.n_knn)
+        cs = generate(contexts, covisitation, trending, cat, self.config.candidates, knn, seen)
+        if score:
+            cs.features = self.features(contexts, cs)
+            cs.scores = self.ranker.score(cs.features)
         return cs
 
-    def features(self, ctx: UserContext, cs: CandidateSet) -> FloatArray:
-        """The candidate feature matrix (rows = candidates, columns = `FEATURES`)."""
+    def features(
+        self, contexts: Sequence[UserContext], cs: CandidateSet, rows: IntArray | None = None
+    ) -> FloatArray:
+        """The candidate feature matrix (rows = candidates, columns = `FEATURES`) of a set
+        of `contexts`' candidates, or of its rows `rows` only (per-user aggregates such as
+        the kNN rank are still over each user's whole set). Columns are computed over all
+        rows at once; the three that take a per-user vector (session similarity, category
+        affinity, MF) user by user, with the per-user expressions."""
         cat = self.catalog
-        idx = cs.idx
+        n_users = len(contexts)
+        if rows is None:
+            idx, usr = cs.idx, cs.row_user
+            pos = np.arange(len(cs)) - cs.offsets[usr]
+        else:
+            idx, usr = cs.idx[rows], cs.row_user[rows]
+            pos = rows - cs.offsets[usr]
         n = idx.shape[0]
-        x = np.empty((n, len(FEATURES)))
-        kv = cs.knn if cs.knn is not None else np.zeros(n)
-        kmax = float(kv.max()) if n else 0.0
-        x[:, 0] = kv / kmax if kmax > 0.0 else 0.0
+        x = np.empty((n, len(FEATURES)), order="F")  # column writes stay contiguous
+        kv = cs.knn if rows is None else cs.knn[rows]
+        x[:, 0] = kv / _seg_max(cs.knn, cs.offsets, usr)
         x[:, 1] = np.log1p(kv)
-        # 1/log2(rank + 2) by kNN score (0 for items the kNN source did not propose)
-        rank = np.empty(n)
-        rank[np.argsort(-kv, kind="stable")] = np.arange(n)
-        x[:, 2] = np.where(kv > 0.0, 1.0 / np.log2(rank + 2.0), 0.0)
-        covis = cs.covis
+        # 1/log2(2 + rank by kNN score) (0 for items the kNN source did not propose): the
+        # kNN candidates come first in each user's set, best first, so rank = position
+        x[:, 2] = np.where(kv > 0.0, 1.0 / np.log2(pos + 2.0), 0.0)
+        covis = cs.covis if rows is None else cs.covis[rows]
         x[:, 3] = np.log1p(covis)
-        cmax = float(covis.max()) if n else 0.0
-        x[:, 4] = covis / cmax if cmax > 0.0 else 0.0
-        q = ctx.session_embedding
-        if q is None and ctx.recent_items:
-            ridx = cat.indices(ctx.recent_items[: self.config.candidates.recent_n])
-            q = cat.vectors[ridx].mean(axis=0) if ridx.shape[0] else None
-        qn = float(np.linalg.norm(q)) if q is not None else 0.0
-        x[:, 5] = cat.vectors[idx] @ (q / qn) if q is not None and qn > 0.0 else 0.0
-        if ctx.top_categories:
-            aff = np.zeros(len(cat.category_ids) + 1)
-            total = 0.0
-            for c, s in ctx.top_categories:
-                cid = cat.category_ids.get(c)
-                if cid is not None and s > 0.0:
-                    aff[cid] = s
-                    total += s
-            x[:, 6] = aff[cat.cat_matrix[idx]].sum(axis=1) / total if total > 0.0 else 0.0
-        else:
-            x[:, 6] = 0.0
-        pop = cat.popularity(idx, ctx.ts)
-        pmax = cat.max_popularity(ctx.ts)
-        if pmax > 0.0:
-            x[:, 7] = np.log1p(pop) / math.log1p(pmax)
-        else:
-            x[:, 7] = 0.0
-        trend = cs.trending
-        tmax = float(trend.max()) if n else 0.0
-        x[:, 8] = trend / tmax if tmax > 0.0 else 0.0
-        age = np.maximum(ctx.ts - cat.first_ts[idx], 0.0)
+        x[:, 4] = covis / _seg_max(cs.covis, cs.offsets, usr)
+        trend = cs.trending if rows is None else cs.trending[rows]
+        x[:, 8] = trend / _seg_max(cs.trending, cs.offsets, usr)
+        # per-user values
+        ts = np.array([c.ts for c in contexts])
+        pop_f = np.zeros(n_users)
+        pop_den = np.ones(n_users)
+        for u, ctx in enumerate(contexts):
+            pmax = cat.max_popularity(ctx.ts)
+            if pmax > 0.0:
+                pop_f[u] = cat.popularity_factor(ctx.ts)
+                pop_den[u] = math.log1p(pmax)
+        x[:, 7] = np.log1p(cat.pop_raw[idx] * pop_f[usr]) / pop_den[usr]
+        age = np.maximum(ts[usr] - cat.first_ts[idx], 0.0)
         x[:, 9] = np.nan_to_num(np.exp2(-age / self.config.freshness_half_life_s), nan=0.0)
-        x[:, 10] = np.clip(self.mf.scores(ctx.user_id, idx), -8.0, 8.0)
-        cold = 1.0 / (1.0 + ctx.n_events)
-        x[:, 11] = cold
-        x[:, 12] = x[:, 7] * cold
-        x[:, _N_BASE:] = cs.source_mask
+        x[:, 11] = np.array([1.0 / (1.0 + c.n_events) for c in contexts])[usr]
+        x[:, 12] = x[:, 7] * x[:, 11]
+        x[:, _N_BASE:] = cs.source_mask if rows is None else cs.source_mask[rows]
+        # user by user: session similarity, category affinity, MF logit
+        if rows is None:
+            perm = None
+            seg = cs.offsets.tolist()
+            idx_s = idx
+        else:
+            perm = np.argsort(usr, kind="stable")
+            seg = np.searchsorted(usr[perm], np.arange(n_users + 1)).tolist()
+            idx_s = idx[perm]
+        per_user = np.zeros((n, 3))
+        recent_n = self.config.candidates.recent_n
+        aff = np.zeros(len(cat.category_ids) + 1)
+        for u, ctx in enumerate(contexts):
+            a, b = seg[u], seg[u + 1]
+            if a == b:
+                continue
+            ii = idx_s[a:b]
+            q = ctx.session_embedding
+            if q is None and ctx.recent_items:
+                ridx = cat.indices(ctx.recent_items[:recent_n])
+                q = cat.vectors[ridx].mean(axis=0) if ridx.shape[0] else None
+            qn = float(np.linalg.norm(q)) if q is not None else 0.0
+            if q is not None and qn > 0.0:
+                per_user[a:b, 0] = cat.vectors[ii] @ (q / qn)
+            if ctx.top_categories:
+                total = 0.0
+                used = []
+                for c, sc in ctx.top_categories:
+                    cid = cat.category_ids.get(c)
+                    if cid is not None and sc > 0.0:
+                        aff[cid] = sc
+                        used.append(cid)
+                        total += sc
+                if total > 0.0:
+                    per_user[a:b, 1] = aff[cat.cat_matrix[ii]].sum(axis=1) / total
+                aff[used] = 0.0
+            per_user[a:b, 2] = self.mf.scores(ctx.user_id, ii)
+        cols = [5, 6, 10]
+        if perm is None:
+            x[:, cols] = per_user
+        else:
+            x[perm[:, None], np.array(cols)[None, :]] = per_user
+        x[:, 10] = np.clip(x[:, 10], -8.0, 8.0)
         return x
 
     def recommend(
@@ -262,52 +319,82 @@ class Recommender:
     ) -> list[RecItem]:
         """The top-`k` list for `ctx` (exclusions, rules, MMR, category cap, exploration)."""
         cs = candidates if candidates is not None else self.candidates(ctx, inputs)
+        return self.recommend_batch([ctx], cs, k)[0]
+
+    def recommend_batch(
+        self, contexts: Sequence[UserContext], cs: CandidateSet, k: int
+    ) -> list[list[RecItem]]:
+        """`recommend` for every user of a `candidate_batch` (one list per context)."""
         assert cs.scores is not None
-        n = len(cs)
-        if n == 0 or k <= 0:
-            return []
+        n_users = len(contexts)
+        out: list[list[RecItem]] = [[] for _ in range(n_users)]
+        if len(cs) == 0 or k <= 0:
+            return out
         cat = self.catalog
         ids = cat.ids
         idx = cs.idx
         rel = 1.0 / (1.0 + np.exp(-np.clip(cs.scores, -30.0, 30.0)))
         rr = self.config.rerank
         allowed, rel = self.rules.apply(cat, idx, rel)
-        if rr.exclude_seen and ctx.seen_items:
-            seen = ctx.seen_items
-            allowed = allowed & np.fromiter((ids[i] not in seen for i in idx.tolist()), bool, count=n)
+        if rr.exclude_seen:
+            allowed = allowed & ~cs.seen
         explore = self.config.explore and k >= 2
         main_k = k - 1 if explore else k
-        primary = cat.cat_matrix[idx, 0]
-        pos = select(
-            rel,
-            cat.vectors[idx].astype(np.float64),
-            primary,
-            allowed,
-            main_k,
-            rr.mmr_lambda,
-            rr.max_per_category,
-            rr.mmr_pool,
-        )
-        out = [RecItem(ids[idx[p]], float(rel[p]), SOURCES[cs.source[p]]) for p in pos.tolist()]
-        if explore:
-            free = allowed.copy()
-            free[pos] = False
-            if rr.max_per_category is not None:
-                used, counts = np.unique(primary[pos], return_counts=True)
+        # the allowed candidates by user, then relevance (ties: candidate order)
+        ok = np.flatnonzero(allowed)
+        ranked = ok[np.lexsort((-rel[ok], cs.row_user[ok]))]
+        owner = cs.row_user[ranked]
+        first = np.searchsorted(owner, np.arange(n_users + 1))
+        if rr.mmr_lambda >= 1.0 and rr.max_per_category is None:
+            place = np.arange(ranked.shape[0]) - first[owner]
+            top = ranked[place < main_k]
+            chosen = np.split(top, np.searchsorted(cs.row_user[top], np.arange(1, n_users)))
+        else:
+            primary = cat.cat_matrix[idx, 0]
+            vectors = cat.vectors[idx].astype(np.float64)
+            chosen = []
+            for u in range(n_users):
+                a, b = int(cs.offsets[u]), int(cs.offsets[u + 1])
+                pos = select(rel[a:b], vectors[a:b], primary[a:b], allowed[a:b], main_k,
+                             rr.mmr_lambda, rr.max_per_category, rr.mmr_pool)  # fmt: skip
+                chosen.append(pos + a)
+        rel_l = rel.tolist()
+        idx_l = idx.tolist()
+        src_l = cs.source.tolist()
+        for u in range(n_users):
+            out[u] = [RecItem(ids[idx_l[p]], rel_l[p], SOURCES[src_l[p]]) for p in chosen[u].tolist()]
+        if not explore:
+            return out
+        free = allowed.copy()
+        for c in chosen:
+            free[c] = False
+        if rr.max_per_category is not None:
+            primary = cat.cat_matrix[idx, 0]
+            for u in range(n_users):
+                used, counts = np.unique(primary[chosen[u]], return_counts=True)
+                a, b = int(cs.offsets[u]), int(cs.offsets[u + 1])
                 for c, m in zip(used.tolist(), counts.tolist(), strict=True):
                     if c >= 0 and m >= rr.max_per_category:
-                        free &= primary != c
+                        free[a:b] &= primary[a:b] != c
+        # each source's best free candidate per user (the first in `ranked` order)
+        best: list[dict[int, int]] = []
+        for s in range(len(SOURCES)):
+            pick = ranked[free[ranked] & (cs.source_mask[ranked, s] > 0.0)]
+            who = cs.row_user[pick]
+            lead = np.ones(pick.shape[0], bool)
+            lead[1:] = who[1:] != who[:-1]
+            best.append(dict(zip(who[lead].tolist(), pick[lead].tolist(), strict=True)))
+        for u, ctx in enumerate(contexts):
             offers: dict[str, str] = {}
             where: dict[str, int] = {}
             for s, name in enumerate(SOURCES):
-                col = free & (cs.source_mask[:, s] > 0.0)
-                if col.any():
-                    p = int(np.flatnonzero(col)[np.argmax(rel[col])])
-                    offers[name] = ids[idx[p]]
+                p = best[s].get(u)
+                if p is not None:
+                    offers[name] = ids[idx_l[p]]
                     where[name] = p
             if offers:
                 arm, item, prop = self.explorer.choose(ctx.user_id, offers)
-                out.append(RecItem(item, float(rel[where[arm]]), arm, prop))
+                out[u].append(RecItem(item, rel_l[where[arm]], arm, prop))
         return out
 
     def predict_rating(self, user_id: str, item_id: str) -> float:
@@ -326,59 +413,102 @@ class Recommender:
     ) -> bool:
         """Learn from `event` given the user's context before it; False if `position`
         (partition key, offset) was already learned."""
-        if position is not None:
-            key, off = position
-            if off <= self.offsets.get(key, -1):
-                return False
-            self.offsets[key] = off
-        cfg = self.config
-        user, item = event.user_id, event.item_id
-        weight = float(cfg.type_weights.get(event.type, 1.0))
-        cat = self.catalog
-        t = cat.ensure(item)
-        self.explorer.reward(user, item)
-        if event.type == "rate" and event.value is not None:
-            self.rating.learn(user, item, float(event.value))
         cs = candidates if candidates is not None else self.candidates(ctx, inputs)
-        assert cs.features is not None and cs.scores is not None
-        hit = np.flatnonzero(cs.idx == t)
-        if hit.shape[0]:
-            pw = 1.0
-            if event.type == "rate" and event.value is not None and event.value < cfg.rating_strong:
-                pw = cfg.rating_weak_weight
-            self._learn_ranker(cs, int(hit[0]), ctx, pw)
-        hist = cat.indices(ctx.long_history)
-        self.knn.add(t, hist[hist != t])
-        negs = self._sample_negatives(cfg.mf_negatives, t)
-        self.mf.learn(user, item, t, weight, [(cat.ids[j], j) for j in negs])
-        cat.add_popularity(t, weight, event.ts)
-        self._recent[self._recent_n % self._recent.shape[0]] = t
-        self._recent_n += 1
-        self.events_learned += 1
-        return True
+        return self.learn_batch([event], [ctx], cs, [0], None if position is None else [position]) == 1
 
-    def _learn_ranker(self, cs: CandidateSet, pos: int, ctx: UserContext, weight: float) -> None:
-        assert cs.features is not None and cs.scores is not None
-        n = len(cs)
-        m = self.config.ranker_negatives
-        if n < 2 or m <= 0:
-            return
-        ids = self.catalog.ids
-        seen = ctx.seen_items
-        ok = (
-            np.fromiter((ids[i] not in seen for i in cs.idx.tolist()), bool, count=n)
-            if seen
-            else np.ones(n, bool)
-        )
-        ok[pos] = False
-        pool = np.flatnonzero(ok)
-        if pool.shape[0] == 0:
-            return
-        n_hard = round(m * self.config.ranker_hard_share)
-        hard = pool[np.argsort(-cs.scores[pool], kind="stable")[:n_hard]]
-        rand = self._rng.choice(pool, size=min(m - hard.shape[0], pool.shape[0]), replace=False)
-        negs = np.concatenate([hard, rand])
-        self.ranker.learn(cs.features[pos], cs.features[negs], weight)
+    def learn_batch(
+        self,
+        events: Sequence[Interaction],
+        contexts: Sequence[UserContext],
+        candidates: CandidateSet,
+        users: Sequence[int],
+        positions: Sequence[tuple[str, int]] | None = None,
+        before_learn: Callable[[int], None] | None = None,
+    ) -> int:
+        """Learn `events` in order, event j given the context `contexts[users[j]]` from
+        before it and that user's candidates `candidates.user(users[j])` (a `candidate_batch`
+        over `contexts`, computed before any of these events was learned); returns how many
+        were learned (an event whose `positions[j]` was learned before is skipped).
+
+        The same as `learn(events[j], ..., candidates.user(users[j]), positions[j])` for
+        every j in order, but the ranker's features are computed for the rows it learns
+        from only (one pass, before the models change) and its steps run after the other
+        models' (the models are independent; the random draws keep their order).
+        `before_learn(j)` is called just before event j is learned (e.g. to score it)."""
+        cfg = self.config
+        cat = self.catalog
+        cs = candidates
+        m = cfg.ranker_negatives
+        n_hard = round(m * cfg.ranker_hard_share)
+        if n_hard and cs.scores is None:
+            cs.features = self.features(contexts, cs)
+            cs.scores = self.ranker.score(cs.features)
+        offsets = cs.offsets.tolist()
+        pools: dict[int, IntArray] = {}
+        # pass 1, in event order: which events are learned, and every random draw
+        todo: list[tuple[int, int, list[int]]] = []  # (event, item index, MF negatives)
+        steps: list[tuple[int, IntArray, float]] = []  # ranker: (row, negative rows, weight)
+        for j, event in enumerate(events):
+            if positions is not None:
+                key, off = positions[j]
+                if off <= self.offsets.get(key, -1):
+                    continue
+                self.offsets[key] = off
+            t = cat.ensure(event.item_id)
+            u = users[j]
+            a, b = offsets[u], offsets[u + 1]
+            hit = np.flatnonzero(cs.idx[a:b] == t) if b - a >= 2 and m > 0 else None
+            if hit is not None and hit.shape[0]:
+                pos = int(hit[0])
+                base = pools.get(u)
+                if base is None:
+                    base = pools[u] = np.flatnonzero(~cs.seen[a:b])
+                pool = base[base != pos]
+                if pool.shape[0]:
+                    pw = 1.0
+                    if event.type == "rate" and event.value is not None and event.value < cfg.rating_strong:
+                        pw = cfg.rating_weak_weight
+                    hard = np.zeros(0, np.int64)
+                    if n_hard:
+                        assert cs.scores is not None
+                        hard = pool[np.argsort(-cs.scores[a:b][pool], kind="stable")[:n_hard]]
+                    rand = self._rng.choice(pool, size=min(m - hard.shape[0], pool.shape[0]), replace=False)
+                    steps.append((a + pos, a + np.concatenate([hard, rand]), pw))
+            todo.append((j, t, self._sample_negatives(cfg.mf_negatives, t)))
+            self._recent[self._recent_n % self._recent.shape[0]] = t
+            self._recent_n += 1
+        # the ranker's rows, with the features as they were before these events
+        if steps:
+            rows = np.concatenate([r for p, negs, _ in steps for r in (np.array([p]), negs)])
+            feats = cs.features[rows] if cs.features is not None else self.features(contexts, cs, rows)
+        # pass 2: every model learns, each in event order
+        hists: dict[int, IntArray] = {}
+        ids = cat.ids
+        mf_steps = []
+        for j, t, negs in todo:
+            if before_learn is not None:
+                before_learn(j)
+            event = events[j]
+            user, item = event.user_id, event.item_id
+            self.explorer.reward(user, item)
+            if event.type == "rate" and event.value is not None:
+                self.rating.learn(user, item, float(event.value))
+            u = users[j]
+            hist = hists.get(u)
+            if hist is None:
+                hist = hists[u] = cat.indices(contexts[u].long_history)
+            self.knn.add(t, hist[hist != t])
+            weight = float(cfg.type_weights.get(event.type, 1.0))
+            mf_steps.append((user, item, t, weight, [(ids[i], i) for i in negs]))
+            cat.add_popularity(t, weight, event.ts)
+            self.events_learned += 1
+        self.mf.learn_many(mf_steps)
+        at = 0
+        for _, neg_rows, pw in steps:
+            n = neg_rows.shape[0]
+            self.ranker.learn(feats[at], feats[at + 1 : at + 1 + n], pw)
+            at += 1 + n
+        return len(todo)
 
     def _sample_negatives(self, m: int, exclude: int) -> list[int]:
         n = min(self._recent_n, self._recent.shape[0])

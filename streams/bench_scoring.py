@@ -1,0 +1,238 @@
+"""The recommendation step against the real Redis, stage by stage (no Kafka).
+
+    python -m streams.bench_scoring --users 100000 --items 10000 --events 60000 [--json OUT]
+
+Simulated events are decoded up front, then fed in micro-batches of `batch_max_events` through
+`ProfileUpdater.submit` with a `RecommendationStage` hooked in, exactly as
+`streams.handlers.ProfileHandler` drives them (batch protocol: contexts and candidate reads
+before the batch, prequential scoring + learning of every event, then a fresh list for every
+changed user), minus publishing. The first `--warmup` events go through the same path
+untimed (so the models and co-occurrence rows are not empty). Prints, per batch, the time of
+each stage and the events/s of the whole step:
+
+- `profile`: `ProfileUpdater.submit` without the stage's hook (feature math, encoding, the
+  pipelined Redis write);
+- `before`: the stage's pre-batch hook (contexts + one candidate read);
+- `learn`: prequential scoring and learning of the batch's events;
+- `lists`: a fresh list for every changed user (contexts, one candidate read, scoring);
+- `reads`: the two candidate reads (inside `before` and `lists`).
+
+Wall time and the worker thread's CPU time are both reported: on a shared machine the CPU
+time is the steadier figure (it excludes Redis, which runs in its own process).
+
+`--profile OUT.prof` also writes a cProfile of the timed part; `--protocol event` runs the
+per-event protocol instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import cProfile
+import json
+import sys
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import replace
+from typing import Any
+
+import redis
+
+from profiles.events import Event
+from profiles.recommend import RecommendationStage, StageConfig
+from profiles.updater import ProfileUpdater
+from scoring.recommender import Recommender, RecommenderConfig
+from streams.bench_profiles import _drop
+from streams.config import Settings
+from streams.contract import decode_event, decode_item
+from streams.errors import Coordinates
+from streams.handlers import make_store
+from streams.simulate import SimulationConfig, generate_events, generate_items
+
+PARTITIONS = 4
+STAGES = ("profile", "before", "learn", "lists", "reads")
+
+
+class _Clock:
+    """Accumulates the wall time of wrapped calls per stage name."""
+
+    def __init__(self) -> None:
+        self.seconds = dict.fromkeys(STAGES, 0.0)
+        self.cpu = dict.fromkeys(STAGES, 0.0)
+
+    def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
+        def timed(*args: Any, **kwargs: Any) -> Any:
+            t0, c0 = time.perf_counter(), time.thread_time()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                self.seconds[name] += time.perf_counter() - t0
+                self.cpu[name] += time.thread_time() - c0
+
+        return timed
+
+    def reset(self) -> None:
+        for name in STAGES:
+            self.seconds[name] = 0.0
+            self.cpu[name] = 0.0
+
+
+def run_scoring_bench(
+    settings: Settings,
+    *,
+    users: int = 100_000,
+    items: int = 10_000,
+    events: int = 60_000,
+    warmup: int = 0,
+    seed: int = 7,
+    protocol: str = "batch",
+    profile_out: str | None = None,
+    config: RecommenderConfig | None = None,
+) -> dict[str, Any]:
+    """Feed `warmup + events` simulated events through profiles + recommendations; timings."""
+    tag = uuid.uuid4().hex[:8]
+    s = replace(settings, feast_project=f"benchsc{tag}", group_id=f"bench-sc-{tag}")
+    cfg = SimulationConfig(seed=seed, users=users, items=items, events=warmup + events)
+    here = Coordinates("bench", 0, 0)
+    catalog = [decode_item(json.dumps(row).encode(), here) for row in generate_items(cfg)]
+    decoded: list[Event] = [decode_event(json.dumps(row).encode(), here) for row in generate_events(cfg)]  # type: ignore[misc]
+
+    client = redis.Redis.from_url(s.redis_url)
+    store = make_store(s, client)
+    updater = ProfileUpdater(store)
+    rec = Recommender(config or RecommenderConfig(expected_items=items))
+    stage = RecommendationStage(store, rec, StageConfig(k=s.top_k, protocol=protocol))
+    clock = _Clock()
+    stage.before_batch = clock.wrap("before", stage.before_batch)  # type: ignore[method-assign]
+    updater.before_apply = stage.before_batch
+    if protocol == "event":
+        updater.before_event = stage.before_event
+    store.candidate_inputs = clock.wrap("reads", store.candidate_inputs)  # type: ignore[method-assign]
+    learn = clock.wrap("learn", stage.learn)
+    lists = clock.wrap("lists", stage.lists)
+    submit = clock.wrap("profile", updater.submit)
+    profiler = cProfile.Profile() if profile_out else None
+    try:
+        updater.add_items(catalog)
+        vectors = {i.item_id: meta.vector for i in catalog if (meta := updater.catalog.get(i.item_id))}
+        stage.add_items(catalog, vectors)
+        updater.assign([("bench", p) for p in range(PARTITIONS)])
+        offsets = dict.fromkeys(range(PARTITIONS), -1)
+        size = s.batch_max_events
+        batch_s: list[float] = []
+        n_lists = 0
+        timed_events = 0
+        started = 0.0
+        for start in range(0, len(decoded), size):
+            if start >= warmup and not started:
+                updater.flush()
+                clock.reset()
+                if profiler is not None:
+                    profiler.enable()
+                started = time.perf_counter()
+            chunk = decoded[start : start + size]
+            coords = []
+            spans: dict[tuple[str, int], tuple[int, int]] = {}
+            for event in chunk:
+                p = hash(event.user_id) % PARTITIONS
+                offsets[p] += 1
+                coords.append(("bench", p, offsets[p]))
+                first = spans.get(("bench", p), (offsets[p], 0))[0]
+                spans[("bench", p)] = (first, offsets[p])
+            t0 = time.perf_counter()
+            submit(start, chunk, coords, spans)
+            if protocol == "batch":
+                learn(chunk, coords)
+            triggers = {e.user_id: ("bench", c[1]) for e, c in zip(chunk, coords, strict=True)}
+            out = lists(updater.states_of(triggers))
+            if started:
+                batch_s.append(time.perf_counter() - t0)
+                n_lists += len(out)
+                timed_events += len(chunk)
+        updater.flush()
+        elapsed = time.perf_counter() - started
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(profile_out)
+        updater.close()
+        nb = max(len(batch_s), 1)
+        stage_ms = {k: 1e3 * v / nb for k, v in clock.seconds.items()}
+        cpu_ms = {k: 1e3 * v / nb for k, v in clock.cpu.items()}
+        # the profile path's own time: submit minus the stage's hook inside it
+        stage_ms["profile"] -= stage_ms["before"]
+        cpu_ms["profile"] -= cpu_ms["before"]
+        rec_s = clock.seconds["before"] + clock.seconds["learn"] + clock.seconds["lists"]
+        rec_cpu = clock.cpu["before"] + clock.cpu["learn"] + clock.cpu["lists"]
+        m = stage.metrics_result(len(catalog))
+        return {
+            "events": timed_events,
+            "warmup": warmup,
+            "users": users,
+            "items": items,
+            "protocol": protocol,
+            "batch_max_events": size,
+            "batches": len(batch_s),
+            "lists": n_lists,
+            "lists_per_batch": n_lists / nb,
+            "events_per_s": timed_events / elapsed if elapsed > 0 else 0.0,
+            "recommend_events_per_s": timed_events / rec_s if rec_s > 0 else 0.0,
+            "recommend_events_per_cpu_s": timed_events / rec_cpu if rec_cpu > 0 else 0.0,
+            "stage_ms_per_batch": stage_ms,
+            "stage_cpu_ms_per_batch": cpu_ms,
+            "us_per_list": 1e6 * clock.seconds["lists"] / max(n_lists, 1),
+            "hr": {name: r["hr"] for name, r in m.items()},
+            "ndcg": {name: r["ndcg"] for name, r in m.items()},
+        }
+    finally:
+        _drop(client, s.feast_project)
+        client.close()
+
+
+def format_table(r: dict[str, Any]) -> str:
+    ms = r["stage_ms_per_batch"]
+    lines = [
+        f"{r['events']:,} events timed (+{r['warmup']:,} warm-up), {r['users']:,} users, "
+        f"{r['items']:,} items, {r['batches']} batches of <= {r['batch_max_events']:,}, "
+        f"protocol {r['protocol']}",
+        f"lists per batch {r['lists_per_batch']:.0f}, "
+        f"{r['us_per_list']:.0f} µs per list (whole `lists` stage)",
+        "ms per batch (wall): " + "  ".join(f"{k} {ms[k]:.1f}" for k in STAGES),
+        "ms per batch (CPU of the worker thread): "
+        + "  ".join(f"{k} {r['stage_cpu_ms_per_batch'][k]:.1f}" for k in STAGES),
+        f"events/s: whole step {r['events_per_s']:,.0f}   recommendation stage alone "
+        f"{r['recommend_events_per_s']:,.0f} (per CPU second: {r['recommend_events_per_cpu_s']:,.0f})",
+        "HR@10 " + "  ".join(f"{k} {v:.4f}" for k, v in r["hr"].items()),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m streams.bench_scoring", description=__doc__.split("\n")[0])
+    p.add_argument("--users", type=int, default=100_000)
+    p.add_argument("--items", type=int, default=10_000)
+    p.add_argument("--events", type=int, default=60_000)
+    p.add_argument("--warmup", type=int, default=0)
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--protocol", choices=("batch", "event"), default="batch")
+    p.add_argument("--profile", default=None, help="write a cProfile of the timed part here")
+    p.add_argument("--json", default=None)
+    args = p.parse_args(argv)
+    result = run_scoring_bench(
+        Settings.from_env(),
+        users=args.users,
+        items=args.items,
+        events=args.events,
+        warmup=args.warmup,
+        seed=args.seed,
+        protocol=args.protocol,
+        profile_out=args.profile,
+    )
+    print(format_table(result))
+    if args.json:
+        with open(args.json, "w") as fh:
+            json.dump(result, fh, indent=2)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
