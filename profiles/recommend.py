@@ -230,21 +230,18 @@ class RecommendationStage:
         from a checkpoint older than the profiles, see `streams.checkpoint`); returns how
         many were learned. Each user's context is their current state (the events' own
         effects included: the state before them is gone); they are not scored again."""
-        contexts = {uid: self.context(state) for uid, state in states.items()}
-        inputs = self._inputs(contexts)
-        candidate_sets: dict[str, CandidateSet] = {}
-        learned = 0
-        for event, (topic, partition, offset) in zip(events, coords, strict=True):
-            uid = event.user_id
-            cs = candidate_sets.get(uid)
-            if cs is None:
-                cs = candidate_sets[uid] = self.recommender.candidates(contexts[uid], inputs[uid])
-            interaction = Interaction(uid, event.item_id, event.ts, event.type, event.value)
-            if self.recommender.learn(
-                interaction, contexts[uid], inputs[uid], cs, position=(f"{topic}:{partition}", offset)
-            ):
-                learned += 1
-        return learned
+        uids = list(states)
+        rows = {uid: n for n, uid in enumerate(uids)}
+        contexts = [self.context(states[uid]) for uid in uids]
+        covis, trending = self._read(contexts)
+        cs = self.recommender.candidate_batch(contexts, covis, trending, score=False)
+        return self.recommender.learn_batch(
+            [Interaction(e.user_id, e.item_id, e.ts, e.type, e.value) for e in events],
+            contexts,
+            cs,
+            [rows[e.user_id] for e in events],
+            [(f"{topic}:{partition}", offset) for topic, partition, offset in coords],
+        )
 
     def lists(self, states: Mapping[str, UserState]) -> dict[str, list[RecItem]]:
         """Fresh top-K lists for the given (changed) users, from their current state (all of
