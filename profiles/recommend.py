@@ -90,11 +90,15 @@ class RecommendationStage:
         `at` (default: the user's latest event). `frozen` copies the seen items, for a
         context that must not change while the state goes on (the pre-batch snapshot).
 
-        `recent_items` are the current session's items, `history` the user's last
-        `ProfileConfig.history_n` distinct items across sessions (both most recent first)."""
+        `history` is the user's last `ProfileConfig.history_n` distinct items across
+        sessions and `recent_items` its first `recent_n` (both most recent first): the
+        co-visitation candidates and the co-visitation baseline read the user's last items,
+        not only the last session's (a new session starts from the user's last items, and
+        the in-memory harness, `scoring.harness`, does the same)."""
         cfg = self.config
         session = state.session
-        recent: tuple[str, ...] = () if session is None else session.recent_items(cfg.recent_n)
+        history = state.history_items()
+        recent = history[: cfg.recent_n]
         embedding = None
         if session is not None and session.embedding_weight > 0.0:
             embedding = np.asarray(session.embedding(state.config.embedding_dim), np.float64)
@@ -107,7 +111,7 @@ class RecommendationStage:
             top_categories=tuple(state.category_scores()[: cfg.top_categories]),
             seen_items=frozenset(state.seen_items) if frozen else state.seen_items,
             n_events=sum(state.totals.values()),
-            history=state.history_items(),
+            history=history,
         )
 
     def _read(
@@ -258,6 +262,7 @@ class RecommendationStage:
     def forget(self, user_ids: Sequence[str]) -> None:
         for uid in user_ids:
             self._served.pop(uid, None)
+            self.recommender.forget(uid)
 
     def metrics_result(self, catalog_size: int) -> dict[str, dict[str, float]]:
         """HR/NDCG/MRR (and coverage) per model so far; freshrec's with prequential RMSE."""

@@ -76,6 +76,9 @@ class HarnessConfig:
     category_half_life_s: float = 86400.0
     category_top_n: int = 8
     recent_n: int = 10
+    #: `UserContext.recent_items` from the user's last session only (what the worker serves:
+    #: `profiles.recommend.RecommendationStage.context`), not the user's last distinct items
+    recent_from_session: bool = False
     #: distinct items kept in a user's cross-session history (`UserContext.history`)
     history_n: int = 50
     baseline_pop_half_life_s: float = 86400.0
@@ -185,11 +188,12 @@ class _World:
         if u.cats:
             best = sorted(u.cats.items(), key=lambda kv: (-kv[1], kv[0]))[: cfg.category_top_n]
             top = tuple(best)
-        covis = {a: self.covis.neighbors(a, cfg.covis_fetch, ts) for a in u.recent}
+        recent = u.session_recent[: cfg.recent_n] if cfg.recent_from_session else u.recent
+        covis = {a: self.covis.neighbors(a, cfg.covis_fetch, ts) for a in recent}
         ctx = UserContext(
             user_id,
             ts,
-            recent_items=tuple(u.recent),
+            recent_items=tuple(recent),
             session_embedding=emb,
             top_categories=top,
             seen_items=u.seen,  # read before this event is applied
@@ -411,16 +415,87 @@ MOVIELENS_HARNESS = HarnessConfig(
 MOVIELENS_CONFIG = RecommenderConfig(pop_half_life_s=365 * 86400.0, freshness_half_life_s=365 * 86400.0)
 
 
+#: What `freshrec evaluate` runs on MovieLens with the documented command (the worker's
+#: defaults plus FRESHREC_COVIS_HALF_LIFE_S=1e10 FRESHREC_TRENDING_HALF_LIFE_S=1e10):
+#: recent items from the user's last session, a 10-item history, category affinity with
+#: the profiles' 1-day half-life, all-time trending, `Recommender()`'s default config.
+PIPELINE_MOVIELENS_HARNESS = replace(
+    MOVIELENS_HARNESS,
+    trending_half_life_s=math.inf,
+    category_half_life_s=86400.0,
+    recent_from_session=True,
+    history_n=10,
+    trending_n=200,
+)
+
+
+def _override(obj: Any, assignments: Sequence[str]) -> Any:
+    """`obj` (a frozen dataclass) with `name=value` (or `nested.name=value`) assignments;
+    values are parsed as JSON when they can be (numbers, true/false, null), else strings."""
+    for a in assignments:
+        name, _, raw = a.partition("=")
+        try:
+            value: Any = json.loads(raw)
+        except json.JSONDecodeError:
+            value = raw
+        head, _, rest = name.partition(".")
+        if rest:
+            obj = replace(obj, **{head: _override(getattr(obj, head), [f"{rest}={raw}"])})
+        else:
+            if not hasattr(obj, head):
+                raise SystemExit(f"unknown setting {name!r} for {type(obj).__name__}")
+            obj = replace(obj, **{head: value})
+    return obj
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m scoring.harness", description=__doc__.split("\n")[0])
-    p.add_argument("--movielens", required=True, help="directory with ratings.csv and movies.csv")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--movielens", help="directory with ratings.csv and movies.csv")
+    src.add_argument(
+        "--jsonl",
+        metavar="DIR",
+        help="directory with events.jsonl and items.jsonl (`freshrec simulate --out DIR`)",
+    )
     p.add_argument("--limit", type=int, default=None)
     p.add_argument("-k", type=int, default=10)
     p.add_argument("--no-explore", action="store_true")
+    p.add_argument(
+        "--pipeline",
+        action="store_true",
+        help="emulate what `freshrec evaluate` feeds the recommender "
+        "(PIPELINE_MOVIELENS_HARNESS, the default RecommenderConfig)",
+    )
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a RecommenderConfig field (nested: candidates.n_knn=300, rerank.mmr_lambda=0.9)",
+    )
+    p.add_argument(
+        "--harness-set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a HarnessConfig field",
+    )
     args = p.parse_args(argv)
-    events, items = load_movielens(args.movielens, args.limit)
-    cfg = replace(MOVIELENS_CONFIG, expected_items=len(items), explore=not args.no_explore)
-    res = replay(events, items, args.k, cfg, MOVIELENS_HARNESS, progress_every=10_000)
+    if args.jsonl:
+        d = Path(args.jsonl)
+        with (d / "events.jsonl").open(encoding="utf-8") as fh:
+            events = events_from_dicts(json.loads(line) for line in fh if line.strip())[: args.limit]
+        with (d / "items.jsonl").open(encoding="utf-8") as fh:
+            items = items_from_dicts(json.loads(line) for line in fh if line.strip())
+        base, hc0 = RecommenderConfig(), HarnessConfig()  # the profiles' defaults
+    else:
+        events, items = load_movielens(args.movielens, args.limit)
+        base = RecommenderConfig() if args.pipeline else MOVIELENS_CONFIG
+        hc0 = PIPELINE_MOVIELENS_HARNESS if args.pipeline else MOVIELENS_HARNESS
+    cfg = _override(replace(base, expected_items=len(items), explore=not args.no_explore), args.set)
+    hc = _override(hc0, args.harness_set)
+    res = replay(events, items, args.k, cfg, hc, progress_every=10_000)
+    res["settings"] = {"recommender": args.set, "harness": args.harness_set, "pipeline": args.pipeline}
     print(json.dumps(res, indent=2))
     return 0
 

@@ -3,7 +3,11 @@
 `CoOccurrence` counts, for every event on item b, one pair (a, b) and (b, a) for each a
 among the user's previous `window` distinct items (its history, most recent first; the
 pair's weight is `gap_decay^p` for the item at position p, so close neighbours in a
-history count more), and one occurrence `C(b)`. The similarity of a to b is
+history count more), and one occurrence `C(b)`. The pairs are directed: (a, b) — b came
+after a — counts the full weight, (b, a) `backward` times it (1 = symmetric counts). A user
+is scored from the items they had, so "what tends to come *after* h" is what the row of h
+should hold; the reverse direction still carries plain co-occurrence. The similarity of a
+to b is
 
     sim(a, b) = C(a, b) / (C(a)^α · C(b)^(1−α))
 
@@ -23,6 +27,10 @@ neighbours). Counts are exact (no neighbour cap: trimming hurts the long tail).
 >>> s = co.scores(np.array([0], dtype=np.int64), 3)
 >>> [round(float(x), 3) for x in s]
 [0.0, 1.0, 0.707]
+>>> directed = CoOccurrence(window=5, backward=0.5)
+>>> directed.add(0, np.array([], dtype=np.int64)); directed.add(1, np.array([0], dtype=np.int64))
+>>> directed.pair(0, 1), directed.pair(1, 0)
+(1.0, 0.5)
 """
 
 from __future__ import annotations
@@ -123,8 +131,10 @@ class CoOccurrence:
         gap_decay: float = 1.0,
         n_recent: int = 30,
         recency_decay: float = 0.95,
+        backward: float = 1.0,
     ) -> None:
         self.window = window
+        self.backward = backward
         self.alpha = alpha
         self.gap_decay = gap_decay
         self.n_recent = n_recent
@@ -146,14 +156,15 @@ class CoOccurrence:
         self.count[b] += weight
         add = self.pairs.add
         gw = self._gap_w
+        back = self.backward
         for p, a in enumerate(history[: self.window].tolist()):
             if a != b:
                 w = weight * float(gw[p])
                 add(a, b, w)
-                add(b, a, w)
+                add(b, a, w * back)
 
     def pair(self, a: int, b: int) -> float:
-        """The co-occurrence count C(a, b)."""
+        """The co-occurrence count C(a, b) (b after a: full weight; a after b: `backward`)."""
         return self.pairs.get(a, b)
 
     def scores(self, history: IntArray, n_items: int) -> FloatArray:

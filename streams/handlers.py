@@ -14,7 +14,7 @@ from profiles.recommend import RecommendationStage, StageConfig
 from profiles.store import RedisFeatureStore
 from profiles.updater import BatchOutcome, ProfileUpdater
 from profiles.user_state import ProfileConfig
-from scoring.recommender import Recommender
+from scoring.recommender import Recommender, RecommenderConfig
 from streams.checkpoint import CheckpointInfo, ModelCheckpoints
 from streams.config import Settings
 from streams.errors import ConfigError
@@ -27,6 +27,16 @@ log = logging.getLogger("freshrec.handler")
 def profile_config(settings: Settings) -> ProfileConfig:
     """The profile math's configuration, from the settings (profiles/ never reads env)."""
     return ProfileConfig(half_lives_s=settings.half_lives_s, session_gap_s=settings.session_gap_s)
+
+
+def recommender_config(settings: Settings) -> RecommenderConfig:
+    """The recommender's configuration: its defaults, with the time scales of its item
+    features following the trending half-life (`FRESHREC_TRENDING_HALF_LIFE_S`, default
+    1 day): long-term popularity 7x it (7 days by default), freshness 30x (30 days). Data
+    that spans years (MovieLens: 1e10) thus gets all-time popularity, not the last week's
+    handful of ratings, as the in-memory harness's MovieLens settings do."""
+    h = settings.trending_half_life_s
+    return RecommenderConfig(pop_half_life_s=7.0 * h, freshness_half_life_s=30.0 * h)
 
 
 def make_store(settings: Settings, client: redis.Redis | None = None) -> RedisFeatureStore:
@@ -117,7 +127,7 @@ class ProfileHandler:
         if settings.prequential not in ("batch", "event"):
             raise ConfigError(f"FRESHREC_PREQUENTIAL={settings.prequential!r}: expected batch or event")
         if settings.recommend if recommend is None else recommend:
-            recommender = Recommender()
+            recommender = Recommender(recommender_config(settings))
             if checkpoints:
                 self.checkpoints = ModelCheckpoints(
                     self.store.client, settings.feast_project, settings.group_id, settings.worker_id

@@ -7,6 +7,7 @@ import pickle
 from collections import defaultdict
 
 import numpy as np
+import pytest
 
 from scoring.baselines import CovisitationBaseline, PopularityBaseline
 from scoring.knn import CoOccurrence, SparseRows
@@ -19,8 +20,9 @@ def _stream(n: int = 3000, users: int = 40, items: int = 120, seed: int = 3) -> 
     return [(int(rng.integers(0, users)), int(rng.zipf(1.3) % items)) for _ in range(n)]
 
 
-def test_cooccurrence_scores_equal_a_plain_python_reference() -> None:
-    co = CoOccurrence(window=6, alpha=0.4, gap_decay=0.9, n_recent=5, recency_decay=0.8)
+@pytest.mark.parametrize("backward", [1.0, 0.5])
+def test_cooccurrence_scores_equal_a_plain_python_reference(backward: float) -> None:
+    co = CoOccurrence(window=6, alpha=0.4, gap_decay=0.9, n_recent=5, recency_decay=0.8, backward=backward)
     pairs: dict[tuple[int, int], float] = defaultdict(float)
     count: dict[int, float] = defaultdict(float)
     hist: dict[int, list[int]] = defaultdict(list)
@@ -29,8 +31,8 @@ def test_cooccurrence_scores_equal_a_plain_python_reference() -> None:
         co.add(b, np.array(h, dtype=np.int64))
         count[b] += 1.0
         for p, a in enumerate(h[:6]):
-            pairs[a, b] += 0.9**p
-            pairs[b, a] += 0.9**p
+            pairs[a, b] += 0.9**p  # b came after a
+            pairs[b, a] += backward * 0.9**p
         if b in hist[u]:
             hist[u].remove(b)
         hist[u].insert(0, b)
@@ -111,3 +113,45 @@ def test_knn_candidates_come_from_the_whole_history() -> None:
     ctx = UserContext("me", 10.0, recent_items=("x",), seen_items=frozenset("xa"), n_events=2)
     cs = rec.candidates(ctx, CandidateInputs())
     assert {rec.catalog.ids[i] for i, s in zip(cs.idx, cs.source, strict=True) if s == 0} == {"y"}
+
+
+def test_the_recommender_remembers_a_longer_history_than_its_caller_serves() -> None:
+    cfg = RecommenderConfig(
+        dim=4, explore=False, knn_window=20, knn_recent=20, knn_gap_decay=1.0, knn_history=30
+    )
+    rec = Recommender(cfg)
+    items = [f"i{j}" for j in range(40)]
+    for i in items:
+        rec.add_item(i, None, ("c",))
+    served: list[str] = []  # what a caller with a 10-item profile history serves
+    for n, i in enumerate(items[:25]):
+        ctx = UserContext("u", float(n), history=tuple(served), seen_items=frozenset(served), n_events=n)
+        rec.learn(Interaction("u", i, float(n), "click"), ctx, CandidateInputs())
+        served = [i, *served][:10]
+    ctx = UserContext("u", 30.0, history=tuple(served), n_events=25)
+    got = [rec.catalog.ids[j] for j in rec.history(ctx).tolist()]
+    assert got == items[24::-1]  # 25 items, most recent first, although the caller served 10
+    # every pair within the 20-item window was counted, beyond the caller's 10
+    assert rec.knn.pair(rec.catalog.index["i3"], rec.catalog.index["i22"]) == 1.0
+    # events this recommender never learned (another worker's): the profile's items lead
+    moved = ("x1", "x2", *served[:8])
+    for i in ("x1", "x2"):
+        rec.add_item(i, None, ("c",))
+    got = [rec.catalog.ids[j] for j in rec.history(UserContext("u", 31.0, history=moved)).tolist()]
+    assert got == [*moved, *items[16::-1]]  # 10 + the 17 older remembered ones
+    rec.forget("u")
+    assert [rec.catalog.ids[j] for j in rec.history(ctx).tolist()] == served
+    # the remembered histories travel with the model state
+    rec2 = Recommender.from_state(pickle.loads(pickle.dumps(rec.state())))
+    assert (
+        "u" not in rec2.histories and rec2.knn.pair(rec.catalog.index["i3"], rec.catalog.index["i22"]) == 1.0
+    )
+
+
+def test_remembered_histories_are_bounded() -> None:
+    rec = Recommender(RecommenderConfig(dim=4, explore=False, knn_history=5, knn_history_users=3))
+    for n in range(6):
+        rec.learn(
+            Interaction(f"u{n}", "a", float(n), "click"), UserContext(f"u{n}", float(n)), CandidateInputs()
+        )
+    assert list(rec.histories) == ["u3", "u4", "u5"]  # the least recently active are dropped

@@ -192,7 +192,7 @@ def test_history_restores_from_older_or_larger_profiles() -> None:
 
 
 def test_recommendation_context_passes_history() -> None:
-    from profiles.recommend import RecommendationStage
+    from profiles.recommend import RecommendationStage, StageConfig
 
     day = 86400.0
     events = [
@@ -202,8 +202,10 @@ def test_recommendation_context_passes_history() -> None:
     ]
     s = run(events, NARROW)["u1"]
     ctx = RecommendationStage(None, None).context(s)  # type: ignore[arg-type]  # neither is read
-    assert ctx.recent_items == ("i3", "i2")  # the current session
     assert ctx.history == ("i3", "i2", "i1")  # across sessions
+    assert ctx.recent_items == ("i3", "i2", "i1")  # the user's last items, not only the session's
+    short = RecommendationStage(None, None, StageConfig(recent_n=2)).context(s)  # type: ignore[arg-type]
+    assert short.recent_items == ("i3", "i2") and short.history == ("i3", "i2", "i1")
 
 
 # ---- against the naive reference ------------------------------------------------------
