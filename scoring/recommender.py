@@ -137,9 +137,9 @@ class RecommenderConfig:
     ranker_hard_share: float = 0.0
     #: item-kNN (scoring.knn): pairs within the last `knn_window` history items (weight
     #: `knn_gap_decay^p`), sim = C(a,b)/(C(a)^α C(b)^(1−α)), scores summed over the last
-    #: `knn_recent` items with weight `knn_recency_decay^p`. Tuned on MovieLens-small (kNN
-    #: list alone, prequential HR@10 0.106 with 10/0.5/1.0/10/0.95 and symmetric pairs ->
-    #: 0.129; see scoring/README.md)
+    #: `knn_recent` items with weight `knn_recency_decay^p`. Tuned on MovieLens-small (the
+    #: kNN list alone, prequential HR@10: 0.106 with 10 / 0.5 / 1.0 / 10 / 0.95 and
+    #: symmetric pairs -> 0.129; see scoring/README.md)
     knn_window: int = 20
     knn_alpha: float = 0.7
     knn_gap_decay: float = 0.9
