@@ -21,6 +21,7 @@ os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # 2-thread BLAS spikes small
 
 from streams.config import Settings
 from streams.errors import FreshrecError
+from streams.ingest import progress_bar
 
 #: Set by SIGTERM/SIGINT before the worker has installed its own handlers (during start-up),
 #: so a stop requested early is a clean stop, not a kill.
@@ -214,7 +215,7 @@ def cmd_produce(settings: Settings, args: argparse.Namespace) -> int:
 
     topic = args.topic or settings.topic_events
     key_field = args.key_field or ("item_id" if topic == settings.topic_items else "user_id")
-    with _progress(_count_lines(args.file), f"produce -> {topic}") as bar:
+    with progress_bar(_count_lines(args.file), f"produce -> {topic}") as bar:
         report = produce(settings, topic, lines_of(args.file, key_field), rate=args.rate, progress=bar)
     print(f"sent {report.sent} messages to {topic} in {report.seconds:.1f} s ({report.rate:,.0f}/s)")
     return 0
@@ -242,7 +243,7 @@ def cmd_replay(settings: Settings, args: argparse.Namespace) -> int:
                 if len(unmapped) <= 10:
                     print(f"freshrec replay: not sent: {exc}", file=sys.stderr)
 
-    with _progress(total, f"replay -> {settings.topic_events}") as bar:
+    with progress_bar(total, f"replay -> {settings.topic_events}") as bar:
         report = produce(settings, settings.topic_events, encode_rows(mapped_rows(), "user_id"),
                          rate=args.rate, progress=bar)  # fmt: skip
     note = f"; {len(unmapped)} rows could not be mapped (first ones above)" if unmapped else ""
@@ -492,7 +493,7 @@ def _produce_files(settings: Settings, events_path: Path, items_path: Path) -> N
 
     for path, topic, key in ((items_path, settings.topic_items, "item_id"),
                              (events_path, settings.topic_events, "user_id")):  # fmt: skip
-        with _progress(_count_lines(str(path)), f"produce -> {topic}") as bar:
+        with progress_bar(_count_lines(str(path)), f"produce -> {topic}") as bar:
             report = produce(settings, topic, lines_of(str(path), key), progress=bar)
         print(f"sent {report.sent} messages to {topic} ({report.rate:,.0f}/s)")
 
@@ -500,12 +501,6 @@ def _produce_files(settings: Settings, events_path: Path, items_path: Path) -> N
 def _count_lines(path: str) -> int:
     with open(path, "rb") as fh:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: fh.read(1 << 20), b""))
-
-
-def _progress(total: int, desc: str):  # type: ignore[no-untyped-def]
-    from tqdm import tqdm
-
-    return tqdm(total=total, desc=desc, unit="msg", unit_scale=True, disable=None, file=sys.stderr)
 
 
 if __name__ == "__main__":

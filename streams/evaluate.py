@@ -27,7 +27,7 @@ from streams.config import Settings
 from streams.contract import parse_ts
 from streams.errors import ConfigError, Coordinates, DecodeError
 from streams.handlers import ProfileHandler
-from streams.ingest import encode_rows, produce
+from streams.ingest import encode_rows, produce, progress_bar
 from streams.kafka_io import admin, create_topics
 from streams.worker import Worker
 
@@ -71,13 +71,22 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> dict[str, Any]
         handler = ProfileHandler(s, recommend=True, checkpoints=False)
         worker = Worker(s, handler, exact_batches=True)
 
+        bar = progress_bar(sent, "evaluating")
+
         def stop_when_done(batch: object, stats: Any) -> None:
+            bar.update(stats.messages - bar.n)
+            if stats.batches % 10 == 1 and handler.stage is not None:
+                hr = {name: m.result(1)["hr"] for name, m in handler.stage.metrics.items()}
+                bar.set_postfix({f"HR {name}": f"{v:.3f}" for name, v in hr.items()}, refresh=False)
             if stats.messages >= sent:
                 worker.stop()
 
         worker.on_batch = stop_when_done
         started = time.monotonic()
-        stats = worker.run(idle_timeout_s=120)
+        try:
+            stats = worker.run(idle_timeout_s=120)
+        finally:
+            bar.close()
         elapsed = time.monotonic() - started
         assert handler.stage is not None
         stage = handler.stage

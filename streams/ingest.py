@@ -8,6 +8,7 @@ reaches the dead-letter topic with its reason instead of vanishing at the produc
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -130,3 +131,10 @@ def produce(
             + "; ".join(errors)
         )
     return report
+
+
+def progress_bar(total: int, desc: str):  # type: ignore[no-untyped-def]
+    """A tqdm bar on stderr counting messages (hidden when stderr is not a terminal)."""
+    from tqdm import tqdm
+
+    return tqdm(total=total, desc=desc, unit="msg", unit_scale=True, disable=None, file=sys.stderr)
