@@ -12,11 +12,12 @@ a batch for the first time (after start, an assignment or a rebalance), the wind
 rebuilt from the log: the `window` messages before the batch's first offset are read back
 (`WindowLoader`), so the decision never depends on what the process happened to remember.
 
+>>> log = ["a", "b", "a", "c", "d", "e", "a"]  # the last "a" is 4 messages after the previous one
 >>> d = Deduplicator(window=3)
->>> [d.is_duplicate(("events", 0), o, eid) for o, eid in enumerate(["a", "b", "a", "c", "d", "a"])]
-[False, False, True, False, False, False]
->>> naive_duplicates([(("events", 0), o, eid) for o, eid in enumerate(["a", "b", "a", "c", "d", "a"])], 3)
-[False, False, True, False, False, False]
+>>> [d.is_duplicate(("events", 0), offset, event_id) for offset, event_id in enumerate(log)]
+[False, False, True, False, False, False, False]
+>>> naive_duplicates([(("events", 0), offset, event_id) for offset, event_id in enumerate(log)], 3)
+[False, False, True, False, False, False, False]
 """
 
 from __future__ import annotations

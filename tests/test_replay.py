@@ -56,7 +56,7 @@ def test_replay_rate_limit_and_unmappable_rows(settings, monkeypatch, tmp_path, 
         "userId,movieId,timestamp,rating\n1,10,964982703,4.0\n2,,964982224,3.5\n3,30,964983815,5.0\n"
     )
     assert main(["replay", str(data), "--map", ML_MAP, "--rate", "50"]) == 0
-    sent = read_topic(settings, settings.topic_events, expect=3, timeout_s=20)
+    sent = read_topic(settings, settings.topic_events, expect=3, timeout_s=60)
     assert len(sent) == 3
     # the row with an empty movieId goes through as-is: the worker's decoder is the judge
     empty = next(m for m in sent if json.loads(m.value())["item_id"] == "")
