@@ -444,7 +444,7 @@ def run_scale(base: Settings, opts: BenchOptions, workdir: Path, say: Say) -> li
             "freshrec",
             base,
             pool,
-            workload.catalog(),
+            workload.catalog(len(pool)),
             opts.scale_events,
             opts,
             workdir,
@@ -474,7 +474,7 @@ def run_rss(
     guess = max_rate or 2_000.0
     pool = workload.pool(opts.events + int(0.5 * guess * seconds * 1.1) + 100)
     with PipelineRun.create("freshrec", base, workdir, say) as run:
-        run.fill(workload.catalog(), pool.messages(0, opts.events))
+        run.fill(workload.catalog(len(pool)), pool.messages(0, opts.events))
         run.start()
         assert run.worker is not None
         rate = 0.5 * run.max_throughput(opts.events, opts.cap_s)["events_per_s"]
@@ -519,7 +519,7 @@ def run_bench(settings: Settings, opts: BenchOptions, say: Say | None = None) ->
     workload = Workload(opts.users, opts.items, opts.seed, opts.rate_share)
     t0 = time.monotonic()
     pool = workload.pool(max(opts.ceiling_events, 3 * opts.events))
-    catalog = workload.catalog()
+    catalog = workload.catalog(len(pool))
     say(
         f"workload: {len(pool):,} simulated events, {len(catalog):,} items, {opts.users:,} users "
         f"in {time.monotonic() - t0:.1f} s"

@@ -69,12 +69,13 @@ class Workload:
             categories=categories,
         )
 
-    def catalog(self) -> list[tuple[bytes | None, bytes]]:
-        """The items as (key, value) messages for the `items` topic."""
+    def catalog(self, events: int) -> list[tuple[bytes | None, bytes]]:
+        """The items as (key, value) messages for the `items` topic, for a stream of `events`
+        (the simulated world, new items' `created_at` included, depends on its length)."""
         from streams.ingest import encode_rows
         from streams.simulate import generate_items
 
-        return list(encode_rows(generate_items(self.config(1)), "item_id"))
+        return list(encode_rows(generate_items(self.config(events)), "item_id"))
 
     def pool(self, events: int) -> EventPool:
         from streams.simulate import generate_events
