@@ -469,10 +469,14 @@ def run_scale(base: Settings, opts: BenchOptions, workdir: Path, say: Say) -> li
 def run_rss(
     base: Settings, opts: BenchOptions, workload: Workload, max_rate: float | None, workdir: Path, say: Say
 ) -> dict[str, Any]:
-    """freshrec at 50% of its maximum for `rss_minutes`, RSS sampled every few seconds."""
+    """freshrec at 50% of its maximum for `rss_minutes`, RSS sampled every few seconds.
+
+    The stream is sized from the comparison's maximum with room for a 2.5x faster run (runs
+    differ that much here); past its end it repeats (no new users: `recycled` says so).
+    """
     seconds = opts.rss_minutes * 60.0
     guess = max_rate or 2_000.0
-    pool = workload.pool(opts.events + int(0.5 * guess * seconds * 1.1) + 100)
+    pool = workload.pool(opts.events + int(0.5 * guess * seconds * 2.5) + 100)
     with PipelineRun.create("freshrec", base, workdir, say) as run:
         run.fill(workload.catalog(len(pool)), pool.messages(0, opts.events))
         run.start()
@@ -506,6 +510,10 @@ def run_rss(
             "max_over_first_pct": 100.0 * (peak - first) / first,
             "flat_within_10pct": peak <= 1.1 * first and abs(last - first) <= 0.1 * first,
             "latency_ms": percentiles(outputs.latencies(report.started_ms)),
+            "events_sent": report.sent,
+            "recycled": opts.events + report.sent > len(pool),
+            "users_seen_at_start": len(pool.users(0, opts.events)),
+            "users_seen_at_end": len(pool.users(0, opts.events + report.sent)),
             "samples_mb": every,
         }
 
@@ -643,7 +651,9 @@ def format_table(result: dict[str, Any]) -> str:
         lines.append(
             f"RSS over {r['minutes']:g} min at {r['achieved_per_s']:,.0f} events/s: first "
             f"{r['first_mb']:,.0f} MB, last {r['last_mb']:,.0f} MB, max {r['max_mb']:,.0f} MB "
-            f"({'flat' if r['flat_within_10pct'] else 'NOT flat'} within 10%)"
+            f"({'flat' if r['flat_within_10pct'] else 'NOT flat'} within 10%); users seen "
+            f"{r['users_seen_at_start']:,} -> {r['users_seen_at_end']:,}"
+            + ("; the stream repeated itself (no new users) at its end" if r["recycled"] else "")
         )
     for name, t in result["targets"].items():
         met = {True: "met", False: "MISSED", None: "not measured here"}[t["met"]]

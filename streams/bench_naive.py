@@ -46,9 +46,10 @@ def prepare_feast_repo(settings: Settings, dest: Path) -> Path:
         if path.suffix in (".py", ".yaml"):
             shutil.copy(path, dest / path.name)
     config = dest / "feature_store.yaml"
-    config.write_text(
-        config.read_text().replace("project: freshrec\n", f"project: {settings.feast_project}\n")
-    )
+    text = config.read_text()
+    if "project: freshrec\n" not in text:  # never write into the main project's keys
+        raise FreshrecError(f"{config}: no `project: freshrec` line to replace")
+    config.write_text(text.replace("project: freshrec\n", f"project: {settings.feast_project}\n"))
     (dest / "data").mkdir(exist_ok=True)
     return dest
 
