@@ -152,8 +152,34 @@ def build_parser() -> argparse.ArgumentParser:
     )
     backfill.set_defaults(func=cmd_backfill)
 
-    bench = sub.add_parser("bench", help="benchmarks (print a table; --json writes the numbers)")
-    bench_sub = bench.add_subparsers(dest="what", required=True)
+    bench = sub.add_parser(
+        "bench",
+        help="ceiling vs naive vs freshrec on one workload (or: bench consume | profiles)",
+        description="Without a subcommand: the ceiling (consume -> produce), a naive per-event pipeline "
+        "and freshrec, each a worker process on the same simulated workload: events/s, latency at 25/50/90% "
+        "of each one's maximum, Redis bytes per user, RSS, CPU. See README, Benchmarks.",
+    )
+    bench.add_argument("--json", dest="json_out", default=None, help="write the result as JSON here")
+    bench.add_argument(
+        "--table", action="store_true", help="print the table (always printed; kept for scripts)"
+    )
+    bench.add_argument("--plot", default=None, help="write a PNG chart here")
+    bench.add_argument("--users", type=int, default=None, help="simulated users (default 100,000)")
+    bench.add_argument("--items", type=int, default=None, help="simulated items (default 10,000)")
+    bench.add_argument(
+        "--events", type=int, default=None, help="events pre-filled for freshrec (default 40,000)"
+    )
+    bench.add_argument("--rate-share", type=float, default=None, help="share of `rate` events (event mix)")
+    bench.add_argument(
+        "--load-seconds", type=float, default=None, help="seconds per offered load (default 15)"
+    )
+    bench.add_argument("--scale", action="store_true", help="add freshrec's curve as users and items grow")
+    bench.add_argument("--quick", action="store_true", help="a ~1-minute smoke run on a small world")
+    bench.add_argument(
+        "--rss-minutes", type=float, default=0.0, help="freshrec at 50%% load for M minutes: RSS"
+    )
+    bench.set_defaults(func=cmd_bench, what=None)
+    bench_sub = bench.add_subparsers(dest="what", required=False)
     consume = bench_sub.add_parser("consume", help="the hot loop: confluent-kafka worker vs a Faust agent")
     consume.add_argument("--events", type=int, default=200_000)
     consume.add_argument("--repeats", type=int, default=2)
@@ -446,6 +472,28 @@ def cmd_backfill(settings: Settings, args: argparse.Namespace) -> int:
     from streams.backfill import run_backfill_command
 
     return run_backfill_command(settings, args)
+
+
+def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.bench import BenchOptions, format_table, plot, run_bench
+
+    knobs = {
+        "users": args.users,
+        "items": args.items,
+        "events": args.events,
+        "rate_share": args.rate_share,
+        "load_s": args.load_seconds,
+    }
+    knobs = {k: v for k, v in knobs.items() if v is not None}
+    knobs |= {"scale": args.scale, "rss_minutes": args.rss_minutes}
+    opts = BenchOptions.quick_run(**knobs) if args.quick else BenchOptions(**knobs)
+    result = run_bench(settings, opts)
+    print(format_table(result))
+    _write_json(args.json_out, result)
+    if args.plot:
+        plot(result, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
 
 
 def cmd_bench_consume(settings: Settings, args: argparse.Namespace) -> int:

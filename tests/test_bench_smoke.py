@@ -27,3 +27,27 @@ def test_bench_profiles_prints_a_table_and_writes_json(settings, monkeypatch, tm
     for key in ("events_per_s", "redis_round_trips_per_batch", "redis_bytes_per_user"):
         assert result[key] > 0
     assert result["redis_round_trips_per_batch"] <= 3  # one read for cache misses, one atomic write
+
+
+def test_bench_quick_compares_three_pipelines(stack_endpoints, monkeypatch, tmp_path, capsys):
+    """`freshrec bench --quick`: ceiling, naive (real Feast push) and freshrec worker processes
+    against the real Kafka and Redis; the JSON has every figure, positive, and the chart is drawn."""
+    kafka, redis_url = stack_endpoints
+    monkeypatch.setenv("FRESHREC_KAFKA_BOOTSTRAP_SERVERS", kafka)
+    monkeypatch.setenv("FRESHREC_REDIS_URL", redis_url)
+    out, png = tmp_path / "bench.json", tmp_path / "bench.png"
+    assert main(["bench", "--quick", "--json", str(out), "--plot", str(png)]) == 0
+    printed = capsys.readouterr().out
+    assert "freshrec / ceiling" in printed and "freshrec / naive" in printed
+    result = json.loads(out.read_text())
+    for kind in ("ceiling", "naive", "freshrec"):
+        r = result[kind]
+        assert r["events_per_s"] > 0 and r["rss_mb"] > 0 and r["cpu_pct"] > 0, (kind, r)
+        lat = r["latency_ms"]
+        assert lat["count"] > 0 and 0 < lat["p50"] <= lat["p95"] <= lat["p99"], (kind, lat)
+        assert r["loads"][0]["fraction"] == 0.25
+    assert result["ceiling"]["redis_bytes_per_user"] == 0  # it keeps no state
+    assert result["naive"]["redis_bytes_per_user"] > 0 and result["freshrec"]["redis_bytes_per_user"] > 0
+    assert result["freshrec"]["users_with_list_share"] > 0.9
+    assert result["ratios"]["freshrec_vs_ceiling"] > 0 and result["ratios"]["freshrec_vs_naive"] > 0
+    assert png.stat().st_size > 10_000

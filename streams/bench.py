@@ -1,0 +1,731 @@
+"""`freshrec bench`: the ceiling, the naive pipeline and freshrec, in one run, on one workload.
+
+Each pipeline runs as its own worker process on topics, a consumer group and a Feast
+project of its own (`Settings.isolated`), against the same local Kafka and Redis:
+
+- ceiling: `python -m streams.bench_ceiling`, consume -> produce with confluent-kafka;
+- naive: `python -m streams.bench_naive`, per event a Feast push, a River `learn_one`, a
+  rescoring loop and a produce;
+- freshrec: `freshrec worker` with recommendations on (profiles, models, candidates,
+  re-rank, publish), unchanged.
+
+Per pipeline: the events topic is pre-filled with the simulated stream and the worker
+started; sustained events/s comes from its consumer group's committed offsets (the first
+commit to the last, start-up excluded; see `streams.bench_load`). A pipeline that has not
+caught up within its time cap is measured on what it did, stopped, moved to the end of the
+topic and restarted. Then fixed offered loads (25%, 50%, 90% of its own maximum) measure
+event -> output latency, from the output topic's LogAppendTime. Redis bytes per active user
+are `MEMORY USAGE` of the user's keys over a sample of the users of the pre-filled events;
+RSS and CPU of the worker process come from /proc.
+
+`--scale` adds freshrec's events/s and p99 as users (10k -> 1M) and items (1k -> 100k) grow;
+`--rss-minutes M` runs freshrec at 50% of its maximum for M minutes, sampling its RSS.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from streams.bench_load import (
+    LOAD_FRACTIONS,
+    EventPool,
+    GroupProgress,
+    ProcessSampler,
+    Workload,
+    end_offsets,
+    load_producer,
+    percentiles,
+    read_outputs,
+    redis_bytes_per_user,
+    send_paced,
+    sustained,
+    watch,
+)
+from streams.config import ENV_PREFIX, Settings
+from streams.errors import FreshrecError
+
+PIPELINES = ("ceiling", "naive", "freshrec")
+_REPO = Path(__file__).resolve().parents[1]
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True, slots=True)
+class BenchOptions:
+    """The knobs of a run (defaults: the issue's target workload, ~10 minutes here)."""
+
+    users: int = 100_000
+    items: int = 10_000
+    events: int = 40_000  # pre-filled for freshrec
+    ceiling_events: int = 200_000
+    naive_events: int = 1_000
+    naive_cap_s: float = 90.0
+    cap_s: float = 240.0
+    load_s: float = 15.0
+    drain_s: float = 30.0
+    loads: tuple[float, ...] = LOAD_FRACTIONS
+    rate_share: float = 0.0
+    seed: int = 7
+    scale: bool = False
+    scale_events: int = 20_000
+    rss_minutes: float = 0.0
+    quick: bool = False
+
+    @classmethod
+    def quick_run(cls, **overrides: Any) -> BenchOptions:
+        """The ~1-minute smoke run: a small world, short phases, the same code paths."""
+        small = {
+            "users": 2_000,
+            "items": 400,
+            "events": 6_000,
+            "ceiling_events": 10_000,
+            "naive_events": 60,
+            "naive_cap_s": 30.0,
+            "cap_s": 60.0,
+            "load_s": 2.0,
+            "drain_s": 10.0,
+            "scale_events": 2_000,
+            "quick": True,
+        }
+        return cls(**(small | overrides))
+
+
+# ----------------------------------------------------------------------------- one worker
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+class WorkerProcess:
+    """One pipeline's worker as a child process, with its RSS/CPU sampler."""
+
+    def __init__(self, kind: str, settings: Settings, log_path: Path, repo: Path | None = None) -> None:
+        cmd = {
+            "ceiling": [sys.executable, "-m", "streams.bench_ceiling"],
+            "naive": [sys.executable, "-m", "streams.bench_naive", "--repo", str(repo)],
+            "freshrec": [sys.executable, "-m", "streams.cli", "worker"],
+        }[kind]
+        env = {k: v for k, v in os.environ.items() if not k.startswith(ENV_PREFIX)} | settings.to_env()
+        env |= {
+            "FRESHREC_LOG_LEVEL": "WARNING",
+            "OPENBLAS_NUM_THREADS": "1",
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(_REPO), os.environ.get("PYTHONPATH")])),
+        }
+        self.log_path = log_path
+        with open(log_path, "ab") as log:
+            self.proc = subprocess.Popen(cmd, env=env, cwd=_REPO, stdout=log, stderr=subprocess.STDOUT)
+        self.sampler = ProcessSampler(self.proc.pid)
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def stop(self, timeout_s: float = 60.0) -> None:
+        if self.alive():
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout_s)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(10)
+        self.sampler.stop()
+
+    def log_tail(self) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-2000:]
+        except OSError:
+            return ""
+
+
+def create_bench_topics(settings: Settings) -> None:
+    """The pipeline's topics; its output topic stamps messages with the broker's append time."""
+    from confluent_kafka import KafkaException
+    from confluent_kafka.admin import NewTopic
+
+    from streams.kafka_io import admin, topic_specs
+
+    new = []
+    for spec in topic_specs(settings):
+        config = dict(spec.config)
+        if spec.name == settings.topic_recommendations:
+            config["message.timestamp.type"] = "LogAppendTime"
+        new.append(NewTopic(spec.name, spec.partitions, settings.replication_factor, config=config))
+    client = admin(settings)  # kept alive until the futures are resolved
+    for name, future in client.create_topics(new, operation_timeout=30).items():
+        try:
+            future.result(30)
+        except KafkaException as exc:
+            raise FreshrecError(f"creating benchmark topic {name!r} failed: {exc}") from exc
+
+
+@dataclass
+class PipelineRun:
+    """A pipeline on its own topics, consumer group and Feast project; cleaned up on exit."""
+
+    kind: str
+    settings: Settings
+    workdir: Path
+    say: Say
+    worker: WorkerProcess | None = None
+    progress: GroupProgress | None = None
+    repo: Path | None = None
+    restarts: int = 0
+    client: redis.Redis = field(init=False)
+
+    @classmethod
+    def create(cls, kind: str, base: Settings, workdir: Path, say: Say) -> PipelineRun:
+        tag = f"bench-{kind}-{uuid.uuid4().hex[:8]}"
+        overrides: dict[str, Any] = {"recommend": True} if kind == "freshrec" else {}
+        if kind == "freshrec":
+            overrides["metrics_port"] = _free_port()
+        return cls(kind, base.isolated(tag, **overrides), workdir, say)
+
+    def __enter__(self) -> PipelineRun:
+        self.client = redis.Redis.from_url(self.settings.redis_url)
+        create_bench_topics(self.settings)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        from streams.bench_consume import _cleanup
+        from streams.bench_profiles import _drop
+
+        if self.worker is not None:
+            self.worker.stop()
+        if self.progress is not None:
+            self.progress.close()
+        _cleanup(self.settings, [self.settings.group_id])
+        _drop(self.client, self.settings.feast_project)
+        self.client.close()
+        if self.repo is not None:
+            shutil.rmtree(self.repo, ignore_errors=True)
+
+    # ------------------------------------------------------------------ set-up
+    def fill(
+        self, catalog: list[tuple[bytes | None, bytes]], events: list[tuple[bytes | None, bytes]]
+    ) -> None:
+        from streams.ingest import produce
+
+        s = self.settings
+        if self.kind != "ceiling":
+            produce(s, s.topic_items, catalog)
+        if self.kind == "naive":
+            from streams.bench_naive import prepare_feast_repo
+
+            self.repo = prepare_feast_repo(s, self.workdir / s.feast_project)
+        report = produce(s, s.topic_events, events)
+        self.say(f"{self.kind}: {report.sent:,} events pre-filled in {report.seconds:.1f} s")
+
+    def start(self) -> None:
+        log = self.workdir / f"{self.settings.group_id}.log"
+        self.worker = WorkerProcess(self.kind, self.settings, log, self.repo)
+        if self.progress is None:
+            self.progress = GroupProgress(self.settings, self.settings.topic_events, self.settings.group_id)
+
+    def _alive(self) -> bool:
+        assert self.worker is not None
+        if not self.worker.alive():
+            self.say(f"{self.kind}: worker exited; its log ends with:\n{self.worker.log_tail()}")
+            return False
+        return True
+
+    # ------------------------------------------------------------------ phases
+    def max_throughput(self, target: int, cap_s: float) -> dict[str, Any]:
+        """Sustained events/s on the pre-filled topic; moves past what is left after the cap."""
+        assert self.worker is not None and self.progress is not None
+        samples = watch(self.progress, self.worker.sampler, target, cap_s, self._alive)
+        tp = sustained(samples, target)
+        self.say(
+            f"{self.kind}: {tp.events_per_s:,.0f} events/s sustained ({tp.counted:,} events in "
+            f"{tp.window_s:.1f} s{'' if tp.caught_up else ', time cap'}), CPU {tp.cpu_pct:.0f}%"
+        )
+        result = {
+            "events_per_s": tp.events_per_s,
+            "events_measured": tp.counted,
+            "window_s": tp.window_s,
+            "caught_up": tp.caught_up,
+            "cpu_pct": tp.cpu_pct,
+            "cpu_ms_per_1k_events": tp.cpu_ms_per_1k,
+            "rss_mb_after_max": samples[-1].rss / 1e6,
+        }
+        if self.kind == "freshrec":
+            result |= self._scrape_metrics()
+        if not tp.caught_up:
+            self.skip_backlog()
+        return result
+
+    def _scrape_metrics(self) -> dict[str, Any]:
+        url = f"http://127.0.0.1:{self.settings.metrics_port}/metrics"
+        try:
+            with urllib.request.urlopen(url, timeout=5) as response:
+                text = response.read().decode()
+        except OSError as exc:
+            self.say(f"freshrec: metrics not read from {url}: {exc}")
+            return {}
+        from prometheus_client.parser import text_string_to_metric_families
+
+        values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+        batches = values.get("freshrec_batches_total", 0.0)
+        events = values.get("freshrec_events_total", 0.0)
+        return {
+            "batches": int(batches),
+            "events_per_batch": events / batches if batches else 0.0,
+        }
+
+    def skip_backlog(self) -> None:
+        """Stop the worker, commit the topic's end for its group, start it again (warm-up)."""
+        from confluent_kafka import ConsumerGroupTopicPartitions, TopicPartition
+
+        from streams.kafka_io import admin
+
+        assert self.worker is not None and self.progress is not None
+        self.worker.stop()
+        ends = self.progress.ends()
+        tps = [TopicPartition(self.settings.topic_events, p, off) for p, off in ends.items()]
+        request = [ConsumerGroupTopicPartitions(self.settings.group_id, tps)]
+        client = admin(self.settings)
+        for future in client.alter_consumer_group_offsets(request).values():
+            future.result(30)
+        self.restarts += 1
+        self.start()
+        self.say(f"{self.kind}: backlog skipped; worker restarted")
+
+    def loads(
+        self,
+        pool: EventPool,
+        index: int,
+        max_rate: float,
+        fractions: Sequence[float],
+        seconds: float,
+        drain_s: float,
+    ) -> list[dict[str, Any]]:
+        """Offered loads, lowest first; stops after a load the worker could not drain."""
+        assert self.worker is not None and self.progress is not None
+        s = self.settings
+        producer = load_producer(s)
+        self._warm_up(producer, pool, index)
+        index += 8
+        levels = []
+        for fraction in fractions:
+            rate = fraction * max_rate
+            out_start = end_offsets(s, s.topic_recommendations)
+            report = send_paced(producer, s.topic_events, pool, index, rate, seconds)
+            index += report.sent
+            target = self.progress.end()
+            drained = watch(self.progress, self.worker.sampler, target, drain_s, self._alive)
+            behind = target - drained[-1].committed
+            time.sleep(0.5)  # the naive pipeline commits before its last outputs are delivered
+            outputs = read_outputs(
+                s, s.topic_recommendations, out_start, end_offsets(s, s.topic_recommendations)
+            )
+            latency = percentiles(outputs.latencies(report.started_ms))
+            levels.append(
+                {
+                    "fraction": fraction,
+                    "offered_per_s": rate,
+                    "achieved_per_s": report.achieved,
+                    "sent": report.sent,
+                    "outputs": latency["count"],
+                    "latency_ms": latency,
+                    "drained": behind <= 0,
+                    "backlog_after_drain": max(behind, 0),
+                }
+            )
+            self.say(
+                f"{self.kind}: {fraction:.0%} load ({rate:,.0f}/s offered, {report.achieved:,.0f}/s sent): "
+                f"p50 {latency['p50']:,.0f} / p95 {latency['p95']:,.0f} / p99 {latency['p99']:,.0f} ms "
+                f"over {latency['count']:,} outputs{'' if behind <= 0 else f'; {behind:,} events behind'}"
+            )
+            if behind > 0:
+                break
+        return levels
+
+    def _warm_up(self, producer: Any, pool: EventPool, index: int) -> None:
+        """A few events, waited for: the worker has joined and consumes before a load starts."""
+        assert self.worker is not None and self.progress is not None
+        send_paced(producer, self.settings.topic_events, pool, index, 8.0, 1.0)
+        watch(self.progress, self.worker.sampler, self.progress.end(), 120.0, self._alive)
+
+    def redis_bytes(self, users: Sequence[str]) -> float:
+        from streams.handlers import make_store
+
+        if self.kind == "ceiling":
+            return 0.0
+        store = make_store(self.settings, self.client)
+        if self.kind == "naive":
+            return redis_bytes_per_user(self.client, users, lambda u: [store.feast_key("user", u)])
+        return redis_bytes_per_user(
+            self.client, users, lambda u: [store.feast_key("user", u), store.seen_key(u)]
+        )
+
+    def list_coverage(self, users: Sequence[str]) -> dict[str, Any]:
+        """Lists on the output topic so far, and the share of active users who got one."""
+        s = self.settings
+        outputs = read_outputs(s, s.topic_recommendations, {}, end_offsets(s, s.topic_recommendations))
+        listed = {key.decode() for _, _, key in outputs.rows}
+        return {
+            "lists": len(outputs.rows),
+            "users_with_list_share": len(listed & set(users)) / max(len(users), 1),
+        }
+
+
+# ----------------------------------------------------------------------------- the runs
+def run_pipeline(
+    kind: str,
+    base: Settings,
+    pool: EventPool,
+    catalog: list[tuple[bytes | None, bytes]],
+    prefill: int,
+    opts: BenchOptions,
+    workdir: Path,
+    say: Say,
+    fractions: Sequence[float] | None = None,
+) -> dict[str, Any]:
+    """Pre-fill, maximum, offered loads, Redis bytes and RSS of one pipeline."""
+    cap = opts.naive_cap_s if kind == "naive" else opts.cap_s
+    with PipelineRun.create(kind, base, workdir, say) as run:
+        run.fill(catalog, pool.messages(0, prefill))
+        run.start()
+        result: dict[str, Any] = {"events": prefill} | run.max_throughput(prefill, cap)
+        users = pool.users(0, prefill)
+        result["active_users"] = len(users)
+        result["redis_bytes_per_user"] = run.redis_bytes(users)
+        if kind == "freshrec":
+            result |= run.list_coverage(users)
+        levels = run.loads(
+            pool,
+            prefill,
+            result["events_per_s"],
+            opts.loads if fractions is None else fractions,
+            opts.load_s,
+            opts.drain_s,
+        )
+        assert run.worker is not None
+        result["loads"] = levels
+        at_half = min(levels, key=lambda lv: abs(lv["fraction"] - 0.5)) if levels else None
+        result["latency_ms"] = dict(at_half["latency_ms"]) if at_half else percentiles([])
+        result["latency_at_fraction"] = at_half["fraction"] if at_half else None
+        result["rss_mb"] = run.worker.sampler.peak_mb()
+        result["restarts"] = run.restarts
+        return result
+
+
+def scale_points(opts: BenchOptions) -> list[tuple[int, int]]:
+    """(users, items): users 10k -> 1M at 10k items, then items 1k -> 100k at 100k users
+    (each divided by 100 in a quick run)."""
+    points = [(10_000, 10_000), (100_000, 10_000), (1_000_000, 10_000), (100_000, 1_000), (100_000, 100_000)]
+    if opts.quick:
+        return [(max(u // 100, 200), max(i // 100, 200)) for u, i in points[:3]]
+    return points
+
+
+def run_scale(base: Settings, opts: BenchOptions, workdir: Path, say: Say) -> list[dict[str, Any]]:
+    out = []
+    for users, items in scale_points(opts):
+        say(f"scale: {users:,} users, {items:,} items")
+        workload = Workload(users, items, opts.seed, opts.rate_share)
+        pool = workload.pool(opts.scale_events * 3)
+        result = run_pipeline(
+            "freshrec",
+            base,
+            pool,
+            workload.catalog(len(pool)),
+            opts.scale_events,
+            opts,
+            workdir,
+            say,
+            fractions=(0.5,),
+        )
+        out.append(
+            {
+                "users": users,
+                "items": items,
+                "active_users": result["active_users"],
+                "events": result["events"],
+                "events_per_s": result["events_per_s"],
+                "latency_ms": result["latency_ms"],
+                "rss_mb": result["rss_mb"],
+                "redis_bytes_per_user": result["redis_bytes_per_user"],
+            }
+        )
+    return out
+
+
+def run_rss(
+    base: Settings, opts: BenchOptions, workload: Workload, max_rate: float | None, workdir: Path, say: Say
+) -> dict[str, Any]:
+    """freshrec at 50% of its maximum for `rss_minutes`, RSS sampled every few seconds.
+
+    The stream is sized from the comparison's maximum with room for a 2.5x faster run (runs
+    differ that much here); past its end it repeats (no new users: `recycled` says so).
+    """
+    seconds = opts.rss_minutes * 60.0
+    guess = max_rate or 2_000.0
+    pool = workload.pool(opts.events + int(0.5 * guess * seconds * 2.5) + 100)
+    with PipelineRun.create("freshrec", base, workdir, say) as run:
+        run.fill(workload.catalog(len(pool)), pool.messages(0, opts.events))
+        run.start()
+        assert run.worker is not None
+        rate = 0.5 * run.max_throughput(opts.events, opts.cap_s)["events_per_s"]
+        s = run.settings
+        producer = load_producer(s)
+        out_start = end_offsets(s, s.topic_recommendations)
+        began = time.monotonic()
+        say(f"rss: {rate:,.0f} events/s for {opts.rss_minutes:g} min")
+        report = send_paced(producer, s.topic_events, pool, opts.events, rate, seconds)
+        assert run.progress is not None
+        watch(run.progress, run.worker.sampler, run.progress.end(), opts.drain_s, run._alive)
+        outputs = read_outputs(s, s.topic_recommendations, out_start, end_offsets(s, s.topic_recommendations))
+        series = [(at - began, rss / 1e6) for at, rss, _ in run.worker.sampler.samples if at >= began]
+        every = [
+            (round(t, 1), round(mb, 1)) for t, mb in series[:: max(1, int(5 / run.worker.sampler.interval_s))]
+        ]
+        if not series:
+            raise FreshrecError("no RSS samples during the RSS run")
+        first, last, peak = series[0][1], series[-1][1], max(mb for _, mb in series)
+        return {
+            "minutes": opts.rss_minutes,
+            "offered_per_s": rate,
+            "achieved_per_s": report.achieved,
+            "first_mb": first,
+            "last_mb": last,
+            "max_mb": peak,
+            "min_mb": min(mb for _, mb in series),
+            "growth_pct": 100.0 * (last - first) / first,
+            "max_over_first_pct": 100.0 * (peak - first) / first,
+            "flat_within_10pct": peak <= 1.1 * first and abs(last - first) <= 0.1 * first,
+            "latency_ms": percentiles(outputs.latencies(report.started_ms)),
+            "events_sent": report.sent,
+            "recycled": opts.events + report.sent > len(pool),
+            "users_seen_at_start": len(pool.users(0, opts.events)),
+            "users_seen_at_end": len(pool.users(0, opts.events + report.sent)),
+            "samples_mb": every,
+        }
+
+
+def run_bench(settings: Settings, opts: BenchOptions, say: Say | None = None) -> dict[str, Any]:
+    """The whole comparison (and `--scale`, `--rss-minutes`); returns the JSON document."""
+    started = time.monotonic()
+    say = say or (
+        lambda msg: print(f"bench {time.monotonic() - started:5.0f} s: {msg}", file=sys.stderr, flush=True)
+    )
+    workload = Workload(opts.users, opts.items, opts.seed, opts.rate_share)
+    t0 = time.monotonic()
+    pool = workload.pool(max(opts.ceiling_events, 3 * opts.events))
+    catalog = workload.catalog(len(pool))
+    say(
+        f"workload: {len(pool):,} simulated events, {len(catalog):,} items, {opts.users:,} users "
+        f"in {time.monotonic() - t0:.1f} s"
+    )
+    result: dict[str, Any] = {
+        "config": dataclasses.asdict(opts)
+        | {
+            "partitions": settings.partitions,
+            "batch_max_events": settings.batch_max_events,
+            "batch_max_wait_ms": settings.batch_max_wait_ms,
+            "cpus": os.cpu_count(),
+            "loadavg_at_start": list(os.getloadavg()),
+        },
+    }
+    prefill = {"ceiling": opts.ceiling_events, "naive": opts.naive_events, "freshrec": opts.events}
+    with tempfile.TemporaryDirectory(prefix="freshrec-bench-") as tmp:
+        workdir = Path(tmp)
+        for kind in PIPELINES:
+            say(f"{kind}: starting")
+            result[kind] = run_pipeline(kind, settings, pool, catalog, prefill[kind], opts, workdir, say)
+        fr, ceiling, naive = (result[k]["events_per_s"] for k in ("freshrec", "ceiling", "naive"))
+        result["ratios"] = {"freshrec_vs_ceiling": fr / ceiling, "freshrec_vs_naive": fr / naive}
+        if opts.scale:
+            result["scale"] = run_scale(settings, opts, workdir, say)
+        if opts.rss_minutes > 0:
+            result["rss"] = run_rss(settings, opts, workload, fr, workdir, say)
+    result["targets"] = targets(result)
+    result["config"]["loadavg_at_end"] = list(os.getloadavg())
+    result["seconds"] = time.monotonic() - started
+    return result
+
+
+def targets(result: dict[str, Any]) -> dict[str, Any]:
+    """The issue's targets against this run (None: not measured in this run)."""
+    fr = result["freshrec"]
+    cfg = result["config"]
+    at_target_size = cfg["users"] >= 100_000 and cfg["items"] >= 10_000
+    rss = result.get("rss")
+    return {
+        "freshrec_20k_events_per_s": {
+            "measured": fr["events_per_s"],
+            "target": 20_000,
+            "met": fr["events_per_s"] >= 20_000 if at_target_size else None,
+        },
+        "freshrec_vs_ceiling_0.25x": {
+            "measured": result["ratios"]["freshrec_vs_ceiling"],
+            "target": 0.25,
+            "met": result["ratios"]["freshrec_vs_ceiling"] >= 0.25,
+        },
+        "freshrec_vs_naive_30x": {
+            "measured": result["ratios"]["freshrec_vs_naive"],
+            "target": 30,
+            "met": result["ratios"]["freshrec_vs_naive"] >= 30,
+        },
+        "p99_50ms_at_50pct": {
+            "measured": fr["latency_ms"]["p99"],
+            "target": 50,
+            "met": bool(fr["latency_ms"]["count"]) and fr["latency_ms"]["p99"] <= 50,
+        },
+        "rss_flat_10pct_10min": {
+            "measured": rss["max_over_first_pct"] if rss else None,
+            "target": 10,
+            "met": rss["flat_within_10pct"] if rss and rss["minutes"] >= 10 else None,
+        },
+    }
+
+
+# ----------------------------------------------------------------------------- output
+def format_table(result: dict[str, Any]) -> str:
+    cfg = result["config"]
+    lines = [
+        f"freshrec bench: {cfg['users']:,} users, {cfg['items']:,} items, the same simulated stream for "
+        f"each pipeline; {cfg['partitions']} partitions, batches of <= {cfg['batch_max_events']:,}; "
+        f"{cfg['cpus']} CPUs, load average {cfg['loadavg_at_start'][0]:.1f} at start",
+    ]
+    head = (
+        f"{'pipeline':<9} {'events/s':>9} {'events':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+        f"{'Redis B/user':>12} {'RSS MB':>7} {'CPU %':>6} {'CPU ms/1k':>9}"
+    )
+    lines += [head, "-" * len(head)]
+    for kind in PIPELINES:
+        r = result[kind]
+        lat = r["latency_ms"]
+        lines.append(
+            f"{kind:<9} {r['events_per_s']:>9,.0f} {r['events_measured']:>8,} {lat['p50']:>8,.1f} "
+            f"{lat['p95']:>8,.1f} {lat['p99']:>8,.1f} {r['redis_bytes_per_user']:>12,.0f} "
+            f"{r['rss_mb']:>7,.0f} {r['cpu_pct']:>6.0f} {r['cpu_ms_per_1k_events']:>9,.0f}"
+        )
+    lines.append("latency: event sent -> output appended, at 50% of each pipeline's own maximum; by load:")
+    for kind in PIPELINES:
+        cells = [
+            f"{lv['fraction']:.0%} ({lv['achieved_per_s']:,.0f}/s): p50 {lv['latency_ms']['p50']:,.0f} "
+            f"p99 {lv['latency_ms']['p99']:,.0f} ms{'' if lv['drained'] else ' NOT DRAINED'}"
+            for lv in result[kind]["loads"]
+        ]
+        lines.append(f"  {kind:<9} " + "; ".join(cells))
+    fr = result["freshrec"]
+    if "lists" in fr:
+        lines.append(
+            f"freshrec lists: {fr['lists']:,} for {fr['events']:,} events, "
+            f"{fr['users_with_list_share']:.1%} of {fr['active_users']:,} active users got one"
+            + (
+                f"; {fr['batches']:,} micro-batches of {fr['events_per_batch']:,.0f} events"
+                if fr.get("batches")
+                else ""
+            )
+        )
+    ratios = result["ratios"]
+    lines.append(
+        f"freshrec / ceiling: {ratios['freshrec_vs_ceiling']:.3f}x events/s; "
+        f"freshrec / naive: {ratios['freshrec_vs_naive']:.1f}x events/s (same run)"
+    )
+    for point in result.get("scale", []):
+        lines.append(
+            f"scale {point['users']:>9,} users {point['items']:>7,} items: "
+            f"{point['events_per_s']:>7,.0f} events/s, p99 {point['latency_ms']['p99']:>7,.0f} ms at 50%, "
+            f"{point['active_users']:,} active users, RSS {point['rss_mb']:,.0f} MB"
+        )
+    if "rss" in result:
+        r = result["rss"]
+        lines.append(
+            f"RSS over {r['minutes']:g} min at {r['achieved_per_s']:,.0f} events/s: first "
+            f"{r['first_mb']:,.0f} MB, last {r['last_mb']:,.0f} MB, max {r['max_mb']:,.0f} MB "
+            f"({'flat' if r['flat_within_10pct'] else 'NOT flat'} within 10%); users seen "
+            f"{r['users_seen_at_start']:,} -> {r['users_seen_at_end']:,}"
+            + ("; the stream repeated itself (no new users) at its end" if r["recycled"] else "")
+        )
+    for name, t in result["targets"].items():
+        met = {True: "met", False: "MISSED", None: "not measured here"}[t["met"]]
+        measured = "-" if t["measured"] is None else f"{t['measured']:,.2f}"
+        lines.append(f"target {name:<28} {measured:>12}  {met}")
+    return "\n".join(lines)
+
+
+def plot(result: dict[str, Any], path: str) -> None:
+    """Events/s, latency percentiles, latency by load, and the scale curve / RSS, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    panels = 3 + ("scale" in result) + ("rss" in result)
+    rows = (panels + 1) // 2
+    fig, axes = plt.subplots(rows, 2, figsize=(12, 4.2 * rows))
+    axs = list(axes.flat)
+    colors = {"ceiling": "#888888", "naive": "#d62728", "freshrec": "#1f77b4"}
+    ax = axs[0]
+    values = [result[k]["events_per_s"] for k in PIPELINES]
+    ax.bar(PIPELINES, values, color=[colors[k] for k in PIPELINES])
+    ax.set_yscale("log")
+    ax.set_title("sustained events/s (log)")
+    for x, v in enumerate(values):
+        ax.annotate(f"{v:,.0f}", (x, v), ha="center", va="bottom")
+    ax = axs[1]
+    width = 0.25
+    for j, q in enumerate(("p50", "p95", "p99")):
+        vals = [max(result[k]["latency_ms"][q], 0.1) for k in PIPELINES]
+        ax.bar([x + (j - 1) * width for x in range(3)], vals, width, label=q)
+    ax.set_xticks(range(3), PIPELINES)
+    ax.set_yscale("log")
+    ax.set_title("event -> output latency at 50% of max, ms (log)")
+    ax.legend()
+    ax = axs[2]
+    for k in PIPELINES:
+        loads = result[k]["loads"]
+        ax.plot(
+            [lv["fraction"] * 100 for lv in loads],
+            [max(lv["latency_ms"]["p99"], 0.1) for lv in loads],
+            "o-",
+            color=colors[k],
+            label=k,
+        )
+    ax.set_yscale("log")
+    ax.set_xlabel("offered load, % of the pipeline's maximum")
+    ax.set_title("p99 latency by offered load, ms (log)")
+    ax.legend()
+    n = 3
+    if "scale" in result:
+        ax = axs[n]
+        n += 1
+        labels = [f"{p['users'] // 1000}k u\n{p['items'] // 1000}k i" for p in result["scale"]]
+        ax.bar(labels, [p["events_per_s"] for p in result["scale"]], color=colors["freshrec"])
+        ax.set_ylabel("events/s")
+        twin = ax.twinx()
+        twin.plot(labels, [p["latency_ms"]["p99"] for p in result["scale"]], "o-", color="#ff7f0e")
+        twin.set_ylabel("p99 ms at 50% load", color="#ff7f0e")
+        ax.set_title("freshrec scale curve: events/s (bars), p99 (line)")
+    if "rss" in result:
+        ax = axs[n]
+        n += 1
+        series = result["rss"]["samples_mb"]
+        ax.plot([t / 60 for t, _ in series], [mb for _, mb in series], color=colors["freshrec"])
+        ax.set_xlabel("minutes at 50% load")
+        ax.set_ylabel("worker RSS, MB")
+        ax.set_title("freshrec worker RSS")
+    for ax in axs[n:]:
+        ax.axis("off")
+    fig.tight_layout()
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
