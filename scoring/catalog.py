@@ -7,8 +7,9 @@ decayed (see `scoring.decay`) with one landmark for all items; per category the 
 `per_category` items by popularity are kept exactly (a stored value only grows).
 
 Nearest items to a vector: `BruteForceIndex` (one matrix-vector product, exact) below
-`ann_threshold` items; above it `HnswIndex` (hnswlib, cosine) when hnswlib is installed,
-else brute force still (it stays exact; ~1 ms per query around 200k items × 32 dims).
+`ann_threshold` (50,000) items; above it `FaissIndex`, a FAISS HNSW graph (approximate;
+its proposals are re-scored exactly). A batch of users' queries against the brute-force
+index is one matrix product (`nearest_many`).
 
 >>> cat = ItemCatalog(dim=2, pop_half_life=3600.0)
 >>> cat.add_item("a", np.array([1.0, 0.0]), ("x",))
@@ -33,10 +34,10 @@ from numpy.typing import NDArray
 from scoring.decay import REBASE_HALF_LIVES
 from scoring.types import FloatArray
 
-__all__ = ["BruteForceIndex", "HnswIndex", "ItemCatalog", "VectorIndex", "make_vector_index", "top_k_rows"]
+__all__ = ["BruteForceIndex", "FaissIndex", "ItemCatalog", "VectorIndex", "make_vector_index", "top_k_rows"]
 
 IntArray = NDArray[np.int64]
-#: Catalogs at least this large use an ANN index (when hnswlib is importable).
+#: Catalogs at least this large use an ANN index (FAISS HNSW).
 DEFAULT_ANN_THRESHOLD: Final[int] = 50_000
 #: Categories per item that features look at.
 MAX_CATEGORIES: Final[int] = 8
@@ -98,23 +99,25 @@ class BruteForceIndex:
         return top, out
 
 
-class HnswIndex:
-    """Approximate cosine search with hnswlib (grows by doubling; `ef` = query breadth)."""
+class FaissIndex:
+    """Approximate cosine search: a FAISS HNSW graph over the unit rows (inner product).
 
-    def __init__(self, dim: int, capacity: int = 1024, m: int = 16, ef: int = 200) -> None:
-        import hnswlib
+    The graph only grows: an item whose vector changes is added again under its index, and
+    every query re-scores what the graph proposes with the catalog's current vectors (exact
+    cosine, duplicates dropped), so a changed item is found where its new vector is close
+    to the query's neighbourhood in the graph."""
 
-        self._index: Any = hnswlib.Index(space="cosine", dim=dim)
-        self._index.init_index(max_elements=capacity, M=m, ef_construction=ef, allow_replace_deleted=False)
-        self._index.set_ef(ef)
-        self._capacity = capacity
+    def __init__(self, dim: int, m: int = 16, ef_construction: int = 80, ef_search: int = 128) -> None:
+        import faiss  # optional at import time: only large catalogs need it
+
+        self._graph: Any = faiss.IndexHNSWFlat(dim, m, faiss.METRIC_INNER_PRODUCT)
+        self._graph.hnsw.efConstruction = ef_construction
+        self._graph.hnsw.efSearch = ef_search
+        self._index: Any = faiss.IndexIDMap(self._graph)
         self._count = 0
 
     def add(self, index: int, vector: FloatArray) -> None:
-        if self._count >= self._capacity:
-            self._capacity *= 2
-            self._index.resize_index(self._capacity)
-        self._index.add_items(vector[None, :].astype(np.float32), np.array([index]))
+        self._index.add_with_ids(vector[None, :].astype(np.float32), np.array([index], np.int64))
         self._count += 1
 
     def query(
@@ -123,23 +126,24 @@ class HnswIndex:
         k = min(k, self._count)
         if k <= 0:
             return np.zeros(0, np.int64), np.zeros(0)
-        labels, dist = self._index.knn_query(q[None, :].astype(np.float32), k=k)
-        return labels[0].astype(np.int64), 1.0 - dist[0].astype(np.float64)
+        _, labels = self._index.search(q[None, :].astype(np.float32), min(2 * k, self._count))
+        found = np.unique(labels[0][(labels[0] >= 0) & (labels[0] < n_items)])
+        sims = vectors[found] @ q.astype(vectors.dtype)
+        order = np.lexsort((found, -sims))[:k]
+        out: FloatArray = sims[order].astype(np.float64)
+        return found[order].astype(np.int64), out
 
 
 def make_vector_index(
     dim: int, expected_items: int, ann_threshold: int = DEFAULT_ANN_THRESHOLD
 ) -> VectorIndex:
-    """Brute force for small catalogs; hnswlib for large ones when it is installed.
+    """Brute force for small catalogs, a FAISS HNSW graph for large ones.
 
     >>> type(make_vector_index(8, 100)).__name__
     'BruteForceIndex'
     """
     if expected_items >= ann_threshold:
-        try:
-            return HnswIndex(dim, capacity=max(expected_items, 1024))
-        except ImportError:
-            pass
+        return FaissIndex(dim)
     return BruteForceIndex()
 
 
