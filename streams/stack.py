@@ -193,7 +193,11 @@ class LocalStack:
         self.ensure_kafka_jars()
         props = self._kafka_properties()
         if not (self.kafka_dir / "data" / "meta.properties").exists():
-            cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
+            # Kafka's format: 16 bytes, URL-safe base64; never starting with "-", which the
+            # storage tool's argument parser would take for an option
+            cluster_id = "-"
+            while cluster_id.startswith("-"):
+                cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).decode().rstrip("=")
             fmt = self._java(
                 "kafka.tools.StorageTool", "format", "--standalone",
                 "-t", cluster_id, "-c", str(props),
