@@ -43,6 +43,23 @@ class CountingConnection(Connection):
         super().send_packed_command(command, check_health)
 
 
+def partition_coords(
+    chunk: list[Event], offsets: dict[int, int]
+) -> tuple[list[tuple[str, int, int]], dict[tuple[str, int], tuple[int, int]]]:
+    """Kafka-like coordinates for a chunk of events (a user's events in one of
+    `PARTITIONS` partitions of topic "bench"; `offsets` holds each partition's last offset
+    and moves on) and each partition's (first, last) offset span."""
+    coords = []
+    spans: dict[tuple[str, int], tuple[int, int]] = {}
+    for event in chunk:
+        p = hash(event.user_id) % PARTITIONS
+        offsets[p] += 1
+        coords.append(("bench", p, offsets[p]))
+        first = spans.get(("bench", p), (offsets[p], 0))[0]
+        spans[("bench", p)] = (first, offsets[p])
+    return coords, spans
+
+
 def run_profiles_bench(
     settings: Settings, *, users: int = 10_000, items: int = 2_000, events: int = 200_000, seed: int = 7
 ) -> dict[str, Any]:
@@ -68,14 +85,7 @@ def run_profiles_bench(
         started = time.perf_counter()
         for start in range(0, len(decoded), size):
             chunk = decoded[start : start + size]
-            coords = []
-            spans: dict[tuple[str, int], tuple[int, int]] = {}
-            for event in chunk:
-                p = hash(event.user_id) % PARTITIONS
-                offsets[p] += 1
-                coords.append(("bench", p, offsets[p]))
-                first = spans.get(("bench", p), (offsets[p], 0))[0]
-                spans[("bench", p)] = (first, offsets[p])
+            coords, spans = partition_coords(chunk, offsets)
             t0 = time.perf_counter()
             updater.submit(start, chunk, coords, spans)  # pipelined, as the worker applies batches
             batches.append(time.perf_counter() - t0)

@@ -42,14 +42,13 @@ from profiles.events import Event
 from profiles.recommend import RecommendationStage, StageConfig
 from profiles.updater import ProfileUpdater
 from scoring.recommender import Recommender, RecommenderConfig
-from streams.bench_profiles import _drop
+from streams.bench_profiles import PARTITIONS, _drop, partition_coords
 from streams.config import Settings
 from streams.contract import decode_event, decode_item
 from streams.errors import Coordinates
 from streams.handlers import make_store
 from streams.simulate import SimulationConfig, generate_events, generate_items
 
-PARTITIONS = 4
 STAGES = ("profile", "before", "learn", "lists", "reads")
 
 
@@ -131,14 +130,7 @@ def run_scoring_bench(
                     profiler.enable()
                 started = time.perf_counter()
             chunk = decoded[start : start + size]
-            coords = []
-            spans: dict[tuple[str, int], tuple[int, int]] = {}
-            for event in chunk:
-                p = hash(event.user_id) % PARTITIONS
-                offsets[p] += 1
-                coords.append(("bench", p, offsets[p]))
-                first = spans.get(("bench", p), (offsets[p], 0))[0]
-                spans[("bench", p)] = (first, offsets[p])
+            coords, spans = partition_coords(chunk, offsets)
             t0 = time.perf_counter()
             submit(start, chunk, coords, spans)
             if protocol == "batch":
