@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from profiles.events import Event, Item
+from profiles.lru import lru_put
 from profiles.store import RedisFeatureStore
 from profiles.updater import Coords
 from profiles.user_state import UserState
@@ -40,6 +41,8 @@ class StageConfig:
     #: arrives, from the state after the user's previous event (per-event prequential)
     protocol: str = "batch"
     covis_k: int = 50
+    #: users whose last served list is remembered (least recently served dropped; 0: all)
+    max_users: int = 0
     trending_k: int = 200
     recent_n: int = 10
     top_categories: int = 8
@@ -256,7 +259,7 @@ class RecommendationStage:
         cs = self.recommender.candidate_batch(contexts, covis, trending)
         out = dict(zip(uids, self.recommender.recommend_batch(contexts, cs, self.config.k), strict=True))
         for uid, items in out.items():
-            self._served[uid] = [item.item_id for item in items]
+            lru_put(self._served, uid, [item.item_id for item in items], self.config.max_users)
         return out
 
     def forget(self, user_ids: Sequence[str]) -> None:

@@ -23,6 +23,7 @@ from collections import OrderedDict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -103,10 +104,17 @@ class ItemCatalog:
 class ProfileUpdater:
     """Owns the user-state cache and the offset fences of the partitions assigned to it."""
 
-    def __init__(self, store: RedisFeatureStore, config: ProfileConfig | None = None) -> None:
+    def __init__(
+        self, store: RedisFeatureStore, config: ProfileConfig | None = None, max_cached_users: int = 0
+    ) -> None:
+        """`max_cached_users`: how many user states the cache keeps at most (0: no bound);
+        beyond it the least recently used users whose state is durable in Redis are dropped
+        (they are read back on their next event)."""
         self.store = store
         self.config = config or store.config
         self.catalog = ItemCatalog(self.config.embedding_dim)
+        self.max_cached_users = max_cached_users
+        #: per owned partition, user -> state, least recently used first
         self._users: dict[Partition, dict[str, UserState]] = {}
         self._fences: dict[Partition, int] = {}
         #: called with a batch's user states before its events are applied (recommendations
@@ -203,6 +211,7 @@ class ProfileUpdater:
         for p, (_, last) in ranges.items():
             self._fences[p] = max(self._fences.get(p, -1), last)
         outcome.changed_users = list(dict.fromkeys(outcome.changed_users))
+        self._evict(keep=set(outcome.changed_users))
         return outcome
 
     # ------------------------------------------------------------------ pipelining
@@ -258,6 +267,8 @@ class ProfileUpdater:
             self._recompute = False
             done.append((token, self.apply(*inputs)))
             return done
+        # everything before this batch is durable now: only its own users must stay cached
+        self._evict(keep=set(outcome.changed_users))
         if prepared is None:
             done.append((token, outcome))
         else:
@@ -303,6 +314,21 @@ class ProfileUpdater:
         stored = self.store.read_offsets()
         for p in self._fences:
             self._fences[p] = stored.get(p, -1)
+
+    def _evict(self, keep: set[str]) -> int:
+        """Drop least recently used users beyond `max_cached_users` (never one in `keep`:
+        their state is ahead of Redis until the batch in flight is durable); how many."""
+        excess = self.cached_users() - self.max_cached_users
+        if self.max_cached_users <= 0 or excess <= 0:
+            return 0
+        dropped = 0
+        total = self.cached_users()
+        for cache in self._users.values():
+            share = -(-excess * len(cache) // total)  # this partition's part, rounded up
+            for uid in [u for u in islice(cache, share + len(keep)) if u not in keep][:share]:
+                del cache[uid]
+                dropped += 1
+        return dropped
 
     def _drop_all_users(self) -> None:
         for p in self._users:
@@ -435,11 +461,12 @@ class ProfileUpdater:
         states: dict[str, UserState] = {}
         missing: dict[str, Partition] = {}
         for uid, p in users.items():
-            state = self._users.setdefault(p, {}).get(uid)
+            cache = self._users.setdefault(p, {})
+            state = cache.pop(uid, None)
             if state is None:
                 missing[uid] = p
             else:
-                states[uid] = state
+                cache[uid] = states[uid] = state  # re-inserted: most recently used last
         if missing:
             rows, seen = self.store.load_users_and_seen(missing)
             for uid, p in missing.items():

@@ -47,6 +47,7 @@ class Settings:
     half_lives_s: tuple[float, ...] = (3600.0, 86400.0, 604800.0)
     session_gap_s: float = 1800.0
     user_ttl_s: float = 30 * 86400.0
+    user_cache_max: int = 100_000
     covis_half_life_s: float = 86400.0
     trending_half_life_s: float = 86400.0
     feast_project: str = "freshrec"

@@ -113,7 +113,7 @@ class ProfileHandler:
         `streams.checkpoint`); off for one-shot runs such as `freshrec evaluate`."""
         self.settings = settings
         self.store = store or make_store(settings)
-        self.updater = ProfileUpdater(self.store)
+        self.updater = ProfileUpdater(self.store, max_cached_users=settings.user_cache_max)
         self.stats = HandlerStats()
         self.stage: RecommendationStage | None = None
         self.publisher: Publisher | None = None
@@ -141,7 +141,11 @@ class ProfileHandler:
                         restored[1].seconds,
                     )  # fmt: skip
             self.stage = RecommendationStage(
-                self.store, recommender, StageConfig(k=settings.top_k, protocol=settings.prequential)
+                self.store,
+                recommender,
+                StageConfig(
+                    k=settings.top_k, protocol=settings.prequential, max_users=settings.user_cache_max
+                ),
             )
             self.updater.before_apply = self.stage.before_batch
             if settings.prequential == "event":

@@ -23,6 +23,7 @@ from typing import Any
 import orjson
 from confluent_kafka import KafkaError, Message, Producer
 
+from profiles.lru import lru_put
 from streams.config import Settings
 from streams.errors import FreshrecError
 from streams.kafka_io import make_producer
@@ -79,7 +80,7 @@ class Publisher:
 
     def remember(self, user_id: str, signature: tuple[str, ...]) -> None:
         """What was last published for a user (e.g. loaded from Redis after a restart)."""
-        self._last[user_id] = signature
+        lru_put(self._last, user_id, signature, self.settings.user_cache_max)
 
     def forget(self, user_ids: Sequence[str]) -> None:
         for uid in user_ids:
@@ -94,7 +95,7 @@ class Publisher:
                 self.skipped += 1
                 continue
             self._produce(rec.user_id.encode(), rec.to_message())
-            self._last[rec.user_id] = signature
+            lru_put(self._last, rec.user_id, signature, self.settings.user_cache_max)
             sent += 1
         self.published += sent
         self.producer.poll(0)

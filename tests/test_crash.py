@@ -35,6 +35,7 @@ def _env(settings: Settings) -> dict[str, str]:
         FRESHREC_BATCH_MAX_EVENTS="500",
         FRESHREC_RECOMMEND="0",  # the profiles are under test here
         FRESHREC_METRICS_PORT="0",  # several workers on one host
+        FRESHREC_USER_CACHE_MAX="300",  # 2,000 users: the cache evicts all along
     )
 
 

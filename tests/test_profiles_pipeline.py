@@ -89,3 +89,25 @@ def test_forget_user_removes_every_key_and_later_events_start_fresh(settings, re
     Worker(settings, ProfileHandler(settings)).run(max_events=1, idle_timeout_s=10)
     alice = store.load_users(["alice"])["alice"]
     assert alice["click_total"] == 1 and alice["view_total"] == 0 and alice["distinct_items"] == 1
+
+
+def test_a_bounded_user_cache_evicts_and_profiles_still_equal_the_reference(settings, redis_conn):
+    from dataclasses import replace
+
+    small = replace(settings, user_cache_max=25, batch_max_events=300)
+    item_rows, event_rows = _simulated(users=200, items=150, events=4000, seed=13)
+    produce(small, small.topic_items, encode_rows(item_rows, "item_id"))
+    produce(small, small.topic_events, encode_rows(event_rows, "user_id"))
+    handler = ProfileHandler(small)
+    cached = []
+    worker = Worker(
+        small, handler, on_batch=lambda batch, stats: cached.append(handler.updater.cached_users())
+    )
+    worker.run(max_events=len(event_rows), idle_timeout_s=30)
+    assert max(cached) <= 25 + small.batch_max_events  # the cap, plus the batch in flight
+    assert handler.stats.applied_events == len(event_rows)
+    items = [decode_item(json.dumps(r).encode(), HERE) for r in item_rows]
+    problems = compare_store_with_reference(
+        make_store(small), _decoded(event_rows), items, profile_config(small)
+    )
+    assert not problems, "\n".join(problems[:20])
