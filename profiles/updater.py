@@ -318,11 +318,11 @@ class ProfileUpdater:
     def _evict(self, keep: set[str]) -> int:
         """Drop least recently used users beyond `max_cached_users` (never one in `keep`:
         their state is ahead of Redis until the batch in flight is durable); how many."""
-        excess = self.cached_users() - self.max_cached_users
+        total = self.cached_users()
+        excess = total - self.max_cached_users
         if self.max_cached_users <= 0 or excess <= 0:
             return 0
         dropped = 0
-        total = self.cached_users()
         for cache in self._users.values():
             share = -(-excess * len(cache) // total)  # this partition's part, rounded up
             for uid in [u for u in islice(cache, share + len(keep)) if u not in keep][:share]:

@@ -128,13 +128,6 @@ class ModelCheckpoints:
         )
         return recommender, info
 
-    def delete(self) -> None:
-        """Remove this worker's checkpoint (and its summary)."""
-        pipe = self.client.pipeline(transaction=True)
-        pipe.delete(self.key())
-        pipe.hdel(self.index_key, self.worker_id)
-        pipe.execute()
-
 
 def decode(blob: bytes) -> dict[str, Any]:
     """The state a checkpoint blob holds (raises ValueError for anything else).

@@ -117,8 +117,8 @@ class ProfileHandler:
         self.stats = HandlerStats()
         self.stage: RecommendationStage | None = None
         self.publisher: Publisher | None = None
-        self._lists: dict[int, list[RecList]] = {}
-        self._list_times: dict[int, list[int]] = {}  # per batch: Kafka ms of each list's trigger
+        #: per batch in flight: its lists and the Kafka timestamp (ms) of each list's trigger
+        self._lists: dict[int, tuple[list[RecList], list[int]]] = {}
         self.checkpoints: ModelCheckpoints | None = None
         self._checkpointed_at = time.monotonic()
         self._checkpointed_events = -1
@@ -256,27 +256,19 @@ class ProfileHandler:
         the batch is durable, in `_record`)."""
         assert self.stage is not None
         self.stage.learn(batch.events, coords)
-        triggers: dict[str, tuple[Event, tuple[str, int]]] = {}
-        trigger_ms: dict[str, int] = {}
-        for k, (event, (topic, partition, _)) in enumerate(zip(batch.events, coords, strict=True)):
-            triggers[event.user_id] = (event, (topic, partition))
-            if k < len(batch.event_times):
-                trigger_ms[event.user_id] = batch.event_times[k]
+        times = batch.event_times or [-1] * len(batch.events)  # -1: no Kafka timestamp
+        triggers: dict[str, tuple[Event, tuple[str, int], int]] = {}
+        for event, (topic, partition, _), ms in zip(batch.events, coords, times, strict=True):
+            triggers[event.user_id] = (event, (topic, partition), ms)
         forgotten = {f.user_id for f, _ in batch.forgets}
-        states = self.updater.states_of({u: p for u, (_, p) in triggers.items() if u not in forgotten})
+        states = self.updater.states_of({u: t[1] for u, t in triggers.items() if u not in forgotten})
         version = f"freshrec-0.1:learned={self.stage.recommender.events_learned}"
-        self._lists[id(batch)] = [
-            RecList(
-                uid,
-                [item.to_json() for item in items],
-                triggers[uid][0].event_id,
-                triggers[uid][0].ts,
-                version,
-            )
-            for uid, items in self.stage.lists(states).items()
-            if items
-        ]
-        self._list_times[id(batch)] = [trigger_ms.get(rec.user_id, -1) for rec in self._lists[id(batch)]]
+        lists = []
+        for uid, items in self.stage.lists(states).items():
+            if items:
+                event = triggers[uid][0]
+                lists.append(RecList(uid, [i.to_json() for i in items], event.event_id, event.ts, version))
+        self._lists[id(batch)] = (lists, [triggers[rec.user_id][2] for rec in lists])
         if forgotten:
             self.stage.forget(sorted(forgotten))
             if self.publisher is not None:
@@ -294,8 +286,8 @@ class ProfileHandler:
         batches = []
         produced_ms: list[int] = []
         for token, outcome in done:
-            lists = self._lists.pop(id(token), None)
-            produced_ms += self._list_times.pop(id(token), [])
+            lists, trigger_ms = self._lists.pop(id(token), ([], []))
+            produced_ms += trigger_ms
             if lists and self.publisher is not None:
                 self.publisher.publish(lists)
                 self.stats.published += len(lists)
