@@ -163,6 +163,35 @@ class CoOccurrence:
                 add(a, b, w)
                 add(b, a, w * back)
 
+    def add_many(self, items: IntArray, a: IntArray, b: IntArray, gap: IntArray) -> None:
+        """`add` for a batch of events at once: one occurrence of each of `items`, and the
+        pairs (a[k], b[k]) at history position `gap[k]` (the first `window` of each event's
+        history, without b itself), duplicates summed before they are merged into the rows.
+
+        >>> co = CoOccurrence(window=5, backward=0.5)
+        >>> co.add_many(np.array([0, 1, 1]), np.array([0, 0]), np.array([1, 1]), np.array([0, 0]))
+        >>> co.pair(0, 1), co.pair(1, 0), co.count[:2].tolist()
+        (2.0, 1.0, [1.0, 2.0])
+        """
+        if items.shape[0]:
+            self._grow(int(items.max()))
+            np.add.at(self.count, items, 1.0)
+        near = (gap < self.window) & (a != b)
+        if not near.any():
+            return
+        a, b, w = a[near], b[near], self._gap_w[gap[near]]
+        width = int(max(int(a.max()), int(b.max()))) + 1
+        # forward (a, b) at full weight, backward (b, a) at `backward` of it, summed per pair
+        keys = np.concatenate([a * width + b, b * width + a])
+        vals = np.concatenate([w, w * self.backward])
+        uniq, inv = np.unique(keys, return_inverse=True)
+        total = np.bincount(inv, weights=vals, minlength=uniq.shape[0])
+        add = self.pairs.add
+        for row, col, v in zip(
+            (uniq // width).tolist(), (uniq % width).tolist(), total.tolist(), strict=True
+        ):
+            add(row, col, v)
+
     def pair(self, a: int, b: int) -> float:
         """The co-occurrence count C(a, b) (b after a: full weight; a after b: `backward`)."""
         return self.pairs.get(a, b)

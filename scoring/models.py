@@ -319,33 +319,77 @@ class PairwiseRanker:
         out: FloatArray = x @ (self.w / self._scale)
         return out
 
-    def _observe(self, x: FloatArray) -> None:
-        # batched Welford (Chan et al.) over the rows of x
-        m = x.shape[0]
-        mean = x.mean(axis=0)
-        m2 = ((x - mean) ** 2).sum(axis=0)
-        n = self._rows
-        tot = n + m
-        delta = mean - self._mean
-        self._mean = self._mean + delta * (m / tot)
-        self._m2 = self._m2 + m2 + delta**2 * (n * m / tot)
-        self._rows = tot
-        if tot > 1:
-            std = np.sqrt(self._m2 / (tot - 1))
-            self._scale = np.where(std > 1e-6, std, 1.0)
+    def _scales(self, x: FloatArray, steps: IntArray) -> FloatArray:
+        """The running standard deviation after each step (rows `x`, step `steps[r]` for row
+        r, non-decreasing), and the Welford state moved past all of them.
+
+        Sums of deviations from the mean before the batch, prefix-summed over the steps
+        (Chan et al. merged once per step): mean_s = mean₀ + S1_s/N_s and
+        M2_s = M2₀ + S2_s − S1_s²/N_s."""
+        n_steps = int(steps[-1]) + 1 if steps.shape[0] else 0
+        dev = x - self._mean
+        s1 = np.zeros((n_steps, x.shape[1]))
+        s2 = np.zeros((n_steps, x.shape[1]))
+        np.add.at(s1, steps, dev)
+        np.add.at(s2, steps, dev * dev)
+        np.cumsum(s1, axis=0, out=s1)
+        np.cumsum(s2, axis=0, out=s2)
+        tot = self._rows + np.cumsum(np.bincount(steps, minlength=n_steps)).astype(np.float64)[:, None]
+        m2 = self._m2 + s2 - s1 * s1 / tot
+        std = np.sqrt(np.maximum(m2, 0.0) / np.maximum(tot - 1.0, 1.0))
+        scale: FloatArray = np.where((std > 1e-6) & (tot > 1.0), std, 1.0)
+        if n_steps:
+            self._mean = self._mean + s1[-1] / tot[-1]
+            self._m2 = m2[-1]
+            self._rows = int(tot[-1, 0])
+            # a step with a single row overall keeps the previous scale, as Welford does
+            first_scaled = tot[:, 0] > 1.0
+            scale[~first_scaled] = self._scale
+            self._scale = scale[-1].copy()
+        return scale
 
     def learn(self, x_pos: FloatArray, x_neg: FloatArray, weight: float = 1.0) -> None:
         """One step for positive row `x_pos` against negative rows `x_neg` (m × features)."""
         if x_neg.shape[0] == 0:
             return
-        self._observe(np.vstack([x_pos[None, :], x_neg]))
-        d = (x_pos[None, :] - x_neg) / self._scale
-        z = np.clip(d @ self.w, -30.0, 30.0)
-        g = 1.0 / (1.0 + np.exp(z))  # = 1 − σ(z)
-        grad = -weight * (g[:, None] * d).sum(axis=0) + self.l2 * self.w
-        self._g2 += grad**2
-        self.w -= self.lr * grad / np.sqrt(self._g2)
-        self.n += 1
+        self.learn_many(x_pos[None, :], x_neg[None, :, :], np.array([x_neg.shape[0]]), np.array([weight]))
+
+    def learn_many(self, x_pos: FloatArray, x_neg: FloatArray, n_neg: IntArray, weights: FloatArray) -> None:
+        """`learn(x_pos[s], x_neg[s, :n_neg[s]], weights[s])` for every step s in order
+        (`x_neg` is s × m × features, rows past `n_neg[s]` are padding; steps without
+        negatives are skipped). The feature scales of every step are computed at once (they
+        do not depend on the weights); the AdaGrad steps run one by one on small arrays.
+
+        >>> r = PairwiseRanker(["a", "b"], lr=0.5)
+        >>> neg = np.array([[[0.0, 1.0], [0.2, 0.9]]] * 20)
+        >>> r.learn_many(np.array([[1.0, 0.0]] * 20), neg, np.full(20, 2), np.ones(20))
+        >>> s = r.score(np.array([[1.0, 0.0], [0.0, 1.0]]))
+        >>> bool(s[0] > s[1]), r.n
+        (True, 20)
+        """
+        live = np.flatnonzero(n_neg > 0)
+        if live.shape[0] == 0:
+            return
+        x_pos, x_neg, n_neg, weights = x_pos[live], x_neg[live], n_neg[live], weights[live]
+        n_steps, m = x_neg.shape[:2]
+        valid = np.arange(m)[None, :] < n_neg[:, None]
+        # the rows each step observes: its positive, then its negatives
+        rows = np.concatenate([x_pos[:, None, :], x_neg], axis=1)
+        mask = np.concatenate([np.ones((n_steps, 1), bool), valid], axis=1)
+        steps = np.broadcast_to(np.arange(n_steps)[:, None], mask.shape)[mask]
+        scale = self._scales(rows[mask], steps)
+        d = (x_pos[:, None, :] - x_neg) / scale[:, None, :]
+        d[~valid] = 0.0  # a zero row adds nothing to the gradient
+        w, g2 = self.w, self._g2
+        lr, l2 = self.lr, self.l2
+        for s in range(n_steps):
+            ds = d[s]
+            z = np.clip(ds @ w, -30.0, 30.0)
+            g = 1.0 / (1.0 + np.exp(z))  # = 1 − σ(z)
+            grad = (-weights[s]) * (g @ ds) + l2 * w
+            g2 += grad * grad
+            w -= lr * grad / np.sqrt(g2)
+        self.n += n_steps
 
     def weights(self) -> dict[str, float]:
         """The weights per feature, on the standardised scale (for inspection)."""
