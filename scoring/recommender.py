@@ -511,14 +511,9 @@ class Recommender:
             reward(event.user_id, event.item_id)
             if event.type == "rate" and event.value is not None:
                 learn_rating(event.user_id, event.item_id, float(event.value))
-        self._learn_histories([events[j].user_id for j in todo], ev_user, t, contexts)
-        ids = cat.ids
-        self.mf.learn_many(
-            [
-                (events[j].user_id, ids[i], i, w, [(ids[x], x) for x in negs])
-                for j, i, w, negs in zip(todo, items, weights.tolist(), mf_negs, strict=True)
-            ]
-        )
+        user_ids = [events[j].user_id for j in todo]
+        self._learn_histories(user_ids, ev_user, t, contexts)
+        self.mf.learn_many(user_ids, t, weights, *mf_negs)
         for j, i, w in zip(todo, items, weights.tolist(), strict=True):
             cat.add_popularity(i, w, events[j].ts)
         self.events_learned += n_todo
@@ -578,10 +573,11 @@ class Recommender:
 
     def _mf_negatives(
         self, draws: FloatArray, start: IntArray, count: IntArray, t: IntArray
-    ) -> list[list[int]]:
-        """Each event's MF negatives: items drawn uniformly from the recent-traffic buffer as
-        it was just before the event (the batch's earlier items written into it), minus the
-        event's own item; then the buffer moves on past the batch."""
+    ) -> tuple[IntArray, NDArray[np.bool_]]:
+        """Each event's MF negatives (a row each, and which of them count): items drawn
+        uniformly from the recent-traffic buffer as it was just before the event (the
+        batch's earlier items written into it), minus the event's own item; then the buffer
+        moves on past the batch."""
         buf = self._recent
         size = buf.shape[0]
         n0 = self._recent_n
@@ -589,7 +585,8 @@ class Recommender:
         k = np.arange(n_todo)
         fill = np.minimum(n0 + k, size)
         width = int(count.max()) if n_todo else 0
-        out: list[list[int]] = [[] for _ in range(n_todo)]
+        picked = np.zeros((n_todo, width), np.int64)
+        ok = np.zeros((n_todo, width), bool)
         if width:
             cols = np.arange(width)
             take = cols[None, :] < count[:, None]
@@ -599,11 +596,10 @@ class Recommender:
             last = k[:, None] - 1 - ((n0 + k[:, None] - 1 - slot) % size)
             picked = np.where(last >= 0, t[np.maximum(last, 0)], buf[slot])
             ok = take & (picked != t[:, None])
-            out = [row[o].tolist() for row, o in zip(picked, ok, strict=True)]
         tail = np.arange(max(n_todo - size, 0), n_todo)
         buf[(n0 + tail) % size] = t[tail]
         self._recent_n = n0 + n_todo
-        return out
+        return picked, ok
 
     def _learn_histories(
         self, user_ids: Sequence[str], ev_user: IntArray, t: IntArray, contexts: Sequence[UserContext]
