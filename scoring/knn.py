@@ -91,6 +91,39 @@ class SparseRows:
             self._len[a] = s + 1
         self._val[a][s] += w
 
+    def add_many(self, rows: list[int], cols: list[int], vals: list[float]) -> None:
+        """`add(rows[k], cols[k], vals[k])` for every k (`rows` sorted: one row's lookups
+        and writes together).
+
+        >>> r = SparseRows()
+        >>> r.add_many([0, 0, 2], [1, 5, 1], [1.0, 2.0, 3.0]); r.add_many([0], [5], [1.0])
+        >>> r.row(0)[1].tolist(), r.get(2, 1)
+        ([1.0, 3.0], 3.0)
+        """
+        if not rows:
+            return
+        self._ensure(rows[-1])
+        k, n = 0, len(rows)
+        while k < n:
+            a = rows[k]
+            end = k
+            while end < n and rows[end] == a:
+                end += 1
+            slots, size = self._slots[a], self._len[a]
+            idx, val = self._idx[a], self._val[a]
+            for b, w in zip(cols[k:end], vals[k:end], strict=True):
+                s = slots.get(b)
+                if s is None:
+                    s = slots[b] = size
+                    size += 1
+                    if s >= idx.shape[0]:
+                        idx = np.concatenate([idx, np.zeros(s, np.int64)])
+                        val = np.concatenate([val, np.zeros(s)])
+                    idx[s] = b
+                val[s] += w
+            self._idx[a], self._val[a], self._len[a] = idx, val, size
+            k = end
+
     def get(self, a: int, b: int) -> float:
         if a >= len(self._slots):
             return 0.0

@@ -1,14 +1,15 @@
-"""The online models, all River, all learning one event at a time after predicting it.
+"""The online models, all learning one event at a time after predicting it.
 
-- `ImplicitMF`: `river.reco.FunkMF` with the logistic loss on implicit feedback. An event is
-  a positive whose loss weight is the event type's weight; `negatives` items drawn from
-  recent traffic (so, in proportion to popularity) are negatives of weight 1. Item factors
-  are mirrored into a numpy matrix after each update, so scoring 200 candidates is one
-  matrix-vector product.
+- `ImplicitMF`: River's `FunkMF` update with the logistic loss on implicit feedback, on
+  numpy matrices (checked against `river.reco.FunkMF`). An event is a positive whose loss
+  weight is the event type's weight; `negatives` items drawn from recent traffic (so, in
+  proportion to popularity) are negatives of weight 1. A batch learns in dependency waves
+  (exactly the in-order result) and scoring 200 candidates is one matrix-vector product.
 - `RatingModel`: `river.reco.BiasedMF` on `rate` events, predictions clipped to the scale.
 - `PairwiseRanker` (the recommender's ranker): a linear model over standardised candidate
   features trained pairwise (BPR, AdaGrad) in numpy — the event's item against negatives
-  sampled from the same candidate set, so it learns to rank *within* candidates.
+  sampled from the same candidate set, so it learns to rank *within* candidates; a batch's
+  feature scales are computed at once, its AdaGrad steps one by one.
 - `Ranker`: `river.linear_model.LogisticRegression` over the candidate feature matrix
   (pointwise; kept for comparison, no longer the recommender's default).
 

@@ -95,7 +95,8 @@ _PRIOR: Final[dict[str, float]] = {
     "popularity": 2.0,
     "trending": 1.0,
 }
-STATE_FORMAT: Final = 2
+#: 3: the implicit MF on numpy matrices (format 2 pickled River's FunkMF)
+STATE_FORMAT: Final = 3
 
 IntArray = NDArray[np.int64]
 
