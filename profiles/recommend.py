@@ -15,9 +15,11 @@ events learn with candidates computed from the models as they were before the ba
 
 from __future__ import annotations
 
+import heapq
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 
@@ -191,7 +193,6 @@ class RecommendationStage:
         The batch's users' candidates come from the models as they were before the batch
         (one `candidate_batch` for all of them), and the events are learned in order with
         them (`Recommender.learn_batch`)."""
-        k = self.config.k
         rows: dict[str, int] = {}
         contexts: list[UserContext] = []
         live: list[int] = []
@@ -209,26 +210,55 @@ class RecommendationStage:
             return 0
         covis, trending = self._batch_reads
         cs = self.recommender.candidate_batch(contexts, covis, trending, score=False)
-        baselines: dict[str, tuple[list[str], list[str]]] = {}
-
-        def score(n: int) -> None:
-            event = events[live[n]]
-            lists = baselines.get(event.user_id)
-            if lists is None:
-                ctx, inputs = before_all[event.user_id]
-                lists = baselines[event.user_id] = baseline_lists(ctx, inputs, k)
-            popular, covisited = lists
-            self._score(event, self._served.get(event.user_id, popular), popular, covisited)
-
         chosen = [events[j] for j in live]
-        return self.recommender.learn_batch(
+        self._score_batch(chosen, before_all)
+        rating = self.recommender.predict_rating
+        rated = any(e.type == "rate" and e.value is not None for e in chosen)
+        errors: list[float] = []
+
+        def predict(n: int) -> None:  # the rating model's error before event n is learned
+            event = chosen[n]
+            if event.type == "rate" and event.value is not None:
+                errors.append(rating(event.user_id, event.item_id) - event.value)
+
+        learned = self.recommender.learn_batch(
             [Interaction(e.user_id, e.item_id, e.ts, e.type, e.value) for e in chosen],
             contexts,
             cs,
             [rows[e.user_id] for e in chosen],
             [(f"{coords[j][0]}:{coords[j][1]}", coords[j][2]) for j in live],
-            before_learn=score,
+            before_learn=predict if rated else None,
         )
+        self._squared_error += sum(e * e for e in errors)
+        self._ratings += len(errors)
+        return learned
+
+    def _score_batch(
+        self, events: Sequence[Event], before: Mapping[str, tuple[UserContext, CandidateInputs]]
+    ) -> None:
+        """Score every event against each model's list (the lists do not change while the
+        batch learns): freshrec's as last served (else the popularity list), the baselines'
+        from the user's context before the batch, each list's ranks looked up once."""
+        k = self.config.k
+        served: list[list[str]] = []
+        popular: list[list[str]] = []
+        covisited: list[list[str]] = []
+        which: list[int] = []
+        slot: dict[str, int] = {}
+        for event in events:
+            uid = event.user_id
+            n = slot.get(uid)
+            if n is None:
+                n = slot[uid] = len(slot)
+                ctx, inputs = before[uid]
+                pop, cov = baseline_lists(ctx, inputs, k)
+                popular.append(pop)
+                covisited.append(cov)
+                served.append(self._served.get(uid, pop))
+            which.append(n)
+        targets = [e.item_id for e in events]
+        for name, lists in (("freshrec", served), ("popularity", popular), ("covisitation", covisited)):
+            self.hits[name] += self.metrics[name].update_many(lists, which, targets)
 
     def relearn(
         self, states: Mapping[str, UserState], events: Sequence[Event], coords: Sequence[Coords]
@@ -285,13 +315,15 @@ def baseline_lists(ctx: UserContext, inputs: CandidateInputs, k: int) -> tuple[l
     (['d'], ['b', 'c', 'd'])
     """
     seen = ctx.seen_items
-    popular = [item for item, _ in inputs.trending if item not in seen][:k]
+    popular = list(islice((item for item, _ in inputs.trending if item not in seen), k))
     scores: dict[str, float] = {}
+    get = scores.get
     for recent in ctx.recent_items:
         for item, score in inputs.covisitation.get(recent, ()):
             if item not in seen:
-                scores[item] = scores.get(item, 0.0) + score
-    covisited = [item for item, _ in sorted(scores.items(), key=lambda kv: (-kv[1], kv[0]))[:k]]
+                scores[item] = get(item, 0.0) + score
+    # best first, ties by item id
+    covisited = [item for _, item in heapq.nsmallest(k, [(-v, i) for i, v in scores.items()])]
     for item in popular:
         if len(covisited) >= k:
             break

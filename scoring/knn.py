@@ -91,6 +91,39 @@ class SparseRows:
             self._len[a] = s + 1
         self._val[a][s] += w
 
+    def add_many(self, rows: list[int], cols: list[int], vals: list[float]) -> None:
+        """`add(rows[k], cols[k], vals[k])` for every k (`rows` sorted: one row's lookups
+        and writes together).
+
+        >>> r = SparseRows()
+        >>> r.add_many([0, 0, 2], [1, 5, 1], [1.0, 2.0, 3.0]); r.add_many([0], [5], [1.0])
+        >>> r.row(0)[1].tolist(), r.get(2, 1)
+        ([1.0, 3.0], 3.0)
+        """
+        if not rows:
+            return
+        self._ensure(rows[-1])
+        k, n = 0, len(rows)
+        while k < n:
+            a = rows[k]
+            end = k
+            while end < n and rows[end] == a:
+                end += 1
+            slots, size = self._slots[a], self._len[a]
+            idx, val = self._idx[a], self._val[a]
+            for b, w in zip(cols[k:end], vals[k:end], strict=True):
+                s = slots.get(b)
+                if s is None:
+                    s = slots[b] = size
+                    size += 1
+                    if s >= idx.shape[0]:
+                        idx = np.concatenate([idx, np.zeros(s, np.int64)])
+                        val = np.concatenate([val, np.zeros(s)])
+                    idx[s] = b
+                val[s] += w
+            self._idx[a], self._val[a], self._len[a] = idx, val, size
+            k = end
+
     def get(self, a: int, b: int) -> float:
         if a >= len(self._slots):
             return 0.0
@@ -162,6 +195,35 @@ class CoOccurrence:
                 w = weight * float(gw[p])
                 add(a, b, w)
                 add(b, a, w * back)
+
+    def add_many(self, items: IntArray, a: IntArray, b: IntArray, gap: IntArray) -> None:
+        """`add` for a batch of events at once: one occurrence of each of `items`, and the
+        pairs (a[k], b[k]) at history position `gap[k]` (the first `window` of each event's
+        history, without b itself), duplicates summed before they are merged into the rows.
+
+        >>> co = CoOccurrence(window=5, backward=0.5)
+        >>> co.add_many(np.array([0, 1, 1]), np.array([0, 0]), np.array([1, 1]), np.array([0, 0]))
+        >>> co.pair(0, 1), co.pair(1, 0), co.count[:2].tolist()
+        (2.0, 1.0, [1.0, 2.0])
+        """
+        if items.shape[0]:
+            self._grow(int(items.max()))
+            np.add.at(self.count, items, 1.0)
+        near = (gap < self.window) & (a != b)
+        if not near.any():
+            return
+        a, b, w = a[near], b[near], self._gap_w[gap[near]]
+        width = int(max(int(a.max()), int(b.max()))) + 1
+        # forward (a, b) at full weight, backward (b, a) at `backward` of it, summed per pair
+        keys = np.concatenate([a * width + b, b * width + a])
+        vals = np.concatenate([w, w * self.backward])
+        uniq, inv = np.unique(keys, return_inverse=True)
+        total = np.bincount(inv, weights=vals, minlength=uniq.shape[0])
+        add = self.pairs.add
+        for row, col, v in zip(
+            (uniq // width).tolist(), (uniq % width).tolist(), total.tolist(), strict=True
+        ):
+            add(row, col, v)
 
     def pair(self, a: int, b: int) -> float:
         """The co-occurrence count C(a, b) (b after a: full weight; a after b: `backward`)."""

@@ -109,6 +109,40 @@ class PrequentialMetrics:
             self._ild_sum += intra_list_diversity(vectors)
             self._ild_n += 1
 
+    def update_many(
+        self, lists: Sequence[Sequence[str]], which: Sequence[int], targets: Sequence[str]
+    ) -> list[int]:
+        """`update(lists[which[e]], targets[e])` for every event e in order (many events
+        share a list: each list's ranks are looked up once); returns each event's hit (1/0).
+
+        >>> m = PrequentialMetrics(k=2)
+        >>> m.update_many([["a", "b", "c"], ["d"]], [0, 0, 1], ["b", "c", "d"])
+        [1, 0, 1]
+        >>> m.n, m.hits, m.mrr_sum, sorted(m._items)
+        (3, 2, 1.5, ['a', 'b', 'd'])
+        """
+        k = self.k
+        ranks: dict[int, dict[str, int]] = {}
+        out = []
+        for w, target in zip(which, targets, strict=True):
+            rank = ranks.get(w)
+            if rank is None:
+                top = lists[w][:k]
+                rank = ranks[w] = {}
+                for i, item in enumerate(top):
+                    rank.setdefault(item, i + 1)
+                self._items.update(top)
+            r = rank.get(target)
+            self.n += 1
+            if r is None:
+                out.append(0)
+            else:
+                self.hits += 1
+                self.ndcg_sum += 1.0 / math.log2(r + 1)
+                self.mrr_sum += 1.0 / r
+                out.append(1)
+        return out
+
     def result(self, catalog_size: int) -> dict[str, Any]:
         """The averages so far (0.0 before any event)."""
         n = max(self.n, 1)

@@ -1,14 +1,15 @@
-"""The online models, all River, all learning one event at a time after predicting it.
+"""The online models, all learning one event at a time after predicting it.
 
-- `ImplicitMF`: `river.reco.FunkMF` with the logistic loss on implicit feedback. An event is
-  a positive whose loss weight is the event type's weight; `negatives` items drawn from
-  recent traffic (so, in proportion to popularity) are negatives of weight 1. Item factors
-  are mirrored into a numpy matrix after each update, so scoring 200 candidates is one
-  matrix-vector product.
+- `ImplicitMF`: River's `FunkMF` update with the logistic loss on implicit feedback, on
+  numpy matrices (checked against `river.reco.FunkMF`). An event is a positive whose loss
+  weight is the event type's weight; `negatives` items drawn from recent traffic (so, in
+  proportion to popularity) are negatives of weight 1. A batch learns in dependency waves
+  (exactly the in-order result) and scoring 200 candidates is one matrix-vector product.
 - `RatingModel`: `river.reco.BiasedMF` on `rate` events, predictions clipped to the scale.
 - `PairwiseRanker` (the recommender's ranker): a linear model over standardised candidate
   features trained pairwise (BPR, AdaGrad) in numpy — the event's item against negatives
-  sampled from the same candidate set, so it learns to rank *within* candidates.
+  sampled from the same candidate set, so it learns to rank *within* candidates; a batch's
+  feature scales are computed at once, its AdaGrad steps one by one.
 - `Ranker`: `river.linear_model.LogisticRegression` over the candidate feature matrix
   (pointwise; kept for comparison, no longer the recommender's default).
 
@@ -39,148 +40,150 @@ IntArray = NDArray[np.int64]
 
 
 class ImplicitMF:
-    """Implicit-feedback matrix factorization (River FunkMF, logistic loss, sampled negatives).
+    """Implicit-feedback matrix factorization: River's `FunkMF` with the logistic loss and
+    sampled negatives, the same update on numpy matrices (user rows by id, item rows by the
+    catalog's dense index), so a batch learns in a few array operations and scoring 200
+    candidates is one matrix-vector product. `tests/test_scoring_batch.py` checks it
+    against `river.reco.FunkMF.learn_one` (same initial factors, equal to rounding).
+
+    An event is a positive whose loss weight is the event type's weight; its negatives
+    (items drawn from recent traffic) have weight 1. New factors are drawn from
+    N(0, `init_std`) in River's order (the user, then the item, at their first step).
 
     >>> mf = ImplicitMF(n_factors=4, seed=1)
     >>> for _ in range(30):
-    ...     mf.learn("u1", "a", 0, weight=1.0, negatives=[("b", 1)])
+    ...     mf.learn("u1", 0, weight=1.0, negatives=[1])
     >>> s = mf.scores("u1", np.array([0, 1]))
     >>> bool(s[0] > s[1])
     True
     """
 
     def __init__(
-        self, n_factors: int = 16, lr: float = 0.05, l2: float = 0.001, init_std: float = 0.1, seed: int = 0
+        self,
+        n_factors: int = 16,
+        lr: float = 0.05,
+        l2: float = 0.001,
+        init_std: float = 0.1,
+        seed: int = 0,
+        clip_gradient: float = 1e12,
     ) -> None:
         self.n_factors = n_factors
-        self.model: Any = reco.FunkMF(
-            n_factors=n_factors,
-            optimizer=optim.SGD(lr),
-            loss=optim.losses.Log(),
-            l2=l2,
-            initializer=optim.initializers.Normal(mu=0.0, sigma=init_std, seed=seed),
-            seed=seed,
-        )
-        # the River loss object is shared with the model (its positive weight is set per event)
-        self.loss: Any = self.model.loss
+        self.lr = lr
+        self.l2 = l2
+        self.init_std = init_std
+        self.clip_gradient = clip_gradient
+        self.weight_neg = 1.0
+        self._init = np.random.RandomState(seed)  # River's Normal initializer
+        self.users: dict[str, int] = {}
+        self.user_matrix: FloatArray = np.full((64, n_factors), np.nan)  # NaN: no factors yet
         self.item_matrix: FloatArray = np.zeros((64, n_factors))
+        self.item_known: NDArray[np.bool_] = np.zeros(64, bool)
+        self.steps = 0
 
-    def _mirror(self, item: str, index: int) -> None:
-        if index >= self.item_matrix.shape[0]:
-            grow = max(index + 1, 2 * self.item_matrix.shape[0]) - self.item_matrix.shape[0]
-            self.item_matrix = np.vstack([self.item_matrix, np.zeros((grow, self.n_factors))])
-        self.item_matrix[index] = self.model.i_latents[item]
+    def learn(self, user: str, item: int, weight: float, negatives: Sequence[int]) -> None:
+        """One positive (`weight` = its event type's weight) and its sampled negatives."""
+        negs = np.array([n for n in negatives if n != item], np.int64)
+        self.learn_many(
+            [user], np.array([item]), np.array([weight]), negs[None, :], np.ones((1, negs.shape[0]), bool)
+        )
 
-    def learn(
-        self, user: str, item: str, index: int, weight: float, negatives: Sequence[tuple[str, int]]
+    def learn_many(
+        self,
+        users: Sequence[str],
+        items: IntArray,
+        weights: FloatArray,
+        negatives: IntArray,
+        valid: NDArray[np.bool_],
     ) -> None:
-        """One positive (`weight` = its event type's weight) and its sampled negatives
-        (item id, dense index)."""
-        self.loss.weight_pos = weight
-        self._step(user, item, 1)
-        self._mirror(item, index)
-        for neg, j in negatives:
-            if neg != item:
-                self._step(user, neg, 0)
-                self._mirror(neg, j)
-
-    def learn_many(self, steps: Sequence[tuple[str, str, int, float, Sequence[tuple[str, int]]]]) -> None:
-        """`learn(user, item, index, weight, negatives)` for each step in order, computed in
-        waves: a step goes into the first wave after the last one that touched its user or
-        its item, so every step reads exactly the factors it would read in order, and a
-        wave (distinct users, distinct items) is a few array operations for all its steps.
-        The same arithmetic as `_step` (dot products summed in another order: equal to
-        rounding)."""
-        model = self.model
-        ul, il = model.u_latents, model.i_latents
-        users: dict[str, int] = {}
-        items: dict[str, int] = {}
-        index: dict[str, int] = {}
-        s_user: list[int] = []
-        s_item: list[int] = []
-        s_y: list[float] = []
-        s_w: list[float] = []
-        s_wave: list[int] = []
-        u_wave: list[int] = []
-        i_wave: list[int] = []
-        weight_neg = float(self.loss.weight_neg)
-        for user, item, idx, weight, negatives in steps:
-            u = users.get(user)
-            if u is None:
-                u = users[user] = len(users)
-                u_wave.append(-1)
-            for it, j, y, w in ((item, idx, 1.0, weight), *((n, jn, 0.0, weight_neg) for n, jn in negatives)):
-                if y == 0.0 and it == item:
-                    continue
-                ul[user]  # (creates missing latents in River's order: user, item)
-                i = items.get(it)
-                if i is None:
-                    il[it]
-                    i = items[it] = len(items)
-                    i_wave.append(-1)
-                    index[it] = j
-                wave = max(u_wave[u], i_wave[i]) + 1
-                u_wave[u] = i_wave[i] = wave
-                s_user.append(u)
-                s_item.append(i)
-                s_y.append(y)
-                s_w.append(w)
-                s_wave.append(wave)
-        if not s_user:
+        """`learn(users[e], items[e], weights[e], negatives[e][valid[e]])` for every event e
+        in order (a negative equal to the event's item must already be left out), computed
+        in waves: a step goes into the first wave after the last one that touched its user
+        or its item, so every step reads exactly the factors it would read in order, and a
+        wave (distinct users, distinct items) is a few array operations for all its steps."""
+        n_ev = len(users)
+        if n_ev == 0:
             return
-        big_u = np.stack([ul[x] for x in users])
-        big_v = np.stack([il[x] for x in items])
-        su, si = np.array(s_user), np.array(s_item)
-        sy, sw = np.array(s_y), np.array(s_w)
-        order = np.argsort(np.array(s_wave), kind="stable")
-        bounds = np.flatnonzero(np.diff(np.array(s_wave)[order])) + 1
-        l2, clip = model.l2, model.clip_gradient
-        lr_u, lr_i = model.u_optimizer.learning_rate, model.i_optimizer.learning_rate
-        for part in np.split(order, bounds):
-            wu, wi = su[part], si[part]
-            uu, vv = big_u[wu], big_v[wi]
-            sign = 2.0 * sy[part] - 1.0  # labels {0, 1} as {-1, +1}
-            z = np.einsum("ij,ij->i", uu, vv) * sign
-            wt = sw[part]
-            with np.errstate(over="ignore"):  # River's Log.gradient, branch for branch
-                grad = np.where(
+        # the steps, event by event: the positive, then the negatives
+        seq_item = np.concatenate([items[:, None], negatives], axis=1)
+        keep = np.concatenate([np.ones((n_ev, 1), bool), valid], axis=1)
+        seq_item = seq_item[keep]
+        y = np.concatenate([np.ones((n_ev, 1)), np.zeros(negatives.shape)], axis=1)[keep]
+        wt = np.concatenate([weights[:, None], np.full(negatives.shape, self.weight_neg)], axis=1)[keep]
+        ev = np.broadcast_to(np.arange(n_ev)[:, None], keep.shape)[keep]
+        rows = self._user_rows(users)
+        seq_user = rows[ev]
+        self._create(seq_user, seq_item, rows)
+        wave = _waves(seq_user, seq_item)
+        order = np.argsort(wave, kind="stable")
+        bounds = np.flatnonzero(np.diff(wave[order])) + 1
+        big_u, big_v = self.user_matrix, self.item_matrix
+        l2, clip, lr = self.l2, self.clip_gradient, self.lr
+        sign_all = 2.0 * y - 1.0  # labels {0, 1} as {-1, +1}
+        with np.errstate(over="ignore"):
+            for part in np.split(order, bounds):
+                wu, wi = seq_user[part], seq_item[part]
+                uu, vv = big_u[wu], big_v[wi]
+                sign = sign_all[part]
+                z = np.einsum("ij,ij->i", uu, vv) * sign
+                w = wt[part]
+                grad = np.where(  # River's Log.gradient, branch for branch
                     z > 18.0,
-                    wt * np.exp(-z) * -sign,
-                    np.where(z < -18.0, wt * -sign, wt * -sign / (np.exp(z) + 1.0)),
+                    w * np.exp(-z) * -sign,
+                    np.where(z < -18.0, w * -sign, w * -sign / (np.exp(z) + 1.0)),
                 )
-            g = np.clip(grad, -clip, clip)[:, None]
-            big_u[wu] = uu - lr_u * (g * vv + l2 * uu)
-            big_v[wi] = vv - lr_i * (g * uu + l2 * vv)
-        for x, r in users.items():
-            ul[x][:] = big_u[r]
-        for x, r in items.items():
-            il[x][:] = big_v[r]
-            self._mirror(x, index[x])
-        model.u_optimizer.n_iterations += len(s_user)
-        model.i_optimizer.n_iterations += len(s_user)
+                g = np.minimum(np.maximum(grad, -clip), clip)[:, None]
+                big_u[wu] = uu - lr * (g * vv + l2 * uu)
+                big_v[wi] = vv - lr * (g * uu + l2 * vv)
+        self.steps += seq_item.shape[0]
 
-    def _step(self, user: str, item: str, y: int) -> None:
-        """`FunkMF.learn_one(user, item, y)`, the same arithmetic in the same order on the
-        same River state, without its per-call dict and optimizer overhead (a quarter of
-        the time; `tests/test_scoring_models.py` checks it bit for bit)."""
-        model = self.model
-        u = model.u_latents[user]  # (creates missing latents in River's order: user, item)
-        v = model.i_latents[item]
-        g = self.loss.gradient(y, np.dot(u, v).item())
-        g = max(min(g, model.clip_gradient), -model.clip_gradient)
-        u_grad = g * v + model.l2 * u
-        v_grad = g * u + model.l2 * v
-        u_opt, i_opt = model.u_optimizer, model.i_optimizer
-        u -= u_opt.learning_rate * u_grad
-        v -= i_opt.learning_rate * v_grad
-        u_opt.n_iterations += 1
-        i_opt.n_iterations += 1
+    def _user_rows(self, users: Sequence[str]) -> IntArray:
+        """Each user's row (a new user gets the next one; its factors come in `_create`)."""
+        rows = self.users
+        out = np.empty(len(users), np.int64)
+        for k, user in enumerate(users):
+            r = rows.get(user)
+            if r is None:
+                r = rows[user] = len(rows)
+            out[k] = r
+        n = len(rows)
+        if n > self.user_matrix.shape[0]:
+            grow = max(n, 2 * self.user_matrix.shape[0]) - self.user_matrix.shape[0]
+            self.user_matrix = np.vstack([self.user_matrix, np.full((grow, self.n_factors), np.nan)])
+        return out
+
+    def _create(self, seq_user: IntArray, seq_item: IntArray, batch_rows: IntArray) -> None:
+        """Initial factors of the users and items the steps meet for the first time, drawn
+        in River's order: at each step the user, then the item."""
+        n_items = int(seq_item.max()) + 1
+        if n_items > self.item_matrix.shape[0]:
+            size = max(n_items, 2 * self.item_matrix.shape[0])
+            grow = size - self.item_matrix.shape[0]
+            self.item_matrix = np.vstack([self.item_matrix, np.zeros((grow, self.n_factors))])
+            self.item_known = np.concatenate([self.item_known, np.zeros(grow, bool)])
+        new_user = np.isnan(self.user_matrix[seq_user, 0])
+        new_item = ~self.item_known[seq_item]
+        if not (new_user.any() or new_item.any()):
+            return
+        # first step of each new user / item; creation key = 2 * step (+1 for an item)
+        uu, ufirst = np.unique(seq_user[new_user], return_index=True)
+        ii, ifirst = np.unique(seq_item[new_item], return_index=True)
+        ustep = np.flatnonzero(new_user)[ufirst]
+        istep = np.flatnonzero(new_item)[ifirst]
+        key = np.concatenate([2 * ustep, 2 * istep + 1])
+        order = np.argsort(key, kind="stable")
+        draws = self._init.normal(0.0, self.init_std, size=(order.shape[0], self.n_factors))
+        factors = np.empty_like(draws)
+        factors[order] = draws
+        self.user_matrix[uu] = factors[: uu.shape[0]]
+        self.item_matrix[ii] = factors[uu.shape[0] :]
+        self.item_known[ii] = True
 
     def scores(self, user: str, idx: IntArray) -> FloatArray:
-        """Logits `u · vᵢ` for items `idx` (0 for an unknown user)."""
-        u = self.model.u_latents.get(user)
-        if u is None:
+        """Logits `u · vᵢ` for items `idx` (0 for an unknown user or item)."""
+        r = self.users.get(user)
+        if r is None:
             return np.zeros(idx.shape[0])
+        u = self.user_matrix[r]
         m = self.item_matrix
         inside = idx < m.shape[0]
         if bool(inside.all()):
@@ -189,6 +192,23 @@ class ImplicitMF:
         res = np.zeros(idx.shape[0])
         res[inside] = m[idx[inside]] @ u
         return res
+
+
+def _waves(users: IntArray, items: IntArray) -> IntArray:
+    """Each step's wave: one more than the latest wave of an earlier step with its user or
+    its item (0 for a step that shares neither).
+
+    >>> _waves(np.array([0, 1, 0, 2]), np.array([5, 5, 6, 7])).tolist()
+    [0, 1, 1, 0]
+    """
+    last_u: dict[int, int] = {}
+    last_i: dict[int, int] = {}
+    out = []
+    for u, i in zip(users.tolist(), items.tolist(), strict=True):
+        w = max(last_u.get(u, -1), last_i.get(i, -1)) + 1
+        last_u[u] = last_i[i] = w
+        out.append(w)
+    return np.array(out, np.int64)
 
 
 class RatingModel:
@@ -319,33 +339,75 @@ class PairwiseRanker:
         out: FloatArray = x @ (self.w / self._scale)
         return out
 
-    def _observe(self, x: FloatArray) -> None:
-        # batched Welford (Chan et al.) over the rows of x
-        m = x.shape[0]
-        mean = x.mean(axis=0)
-        m2 = ((x - mean) ** 2).sum(axis=0)
-        n = self._rows
-        tot = n + m
-        delta = mean - self._mean
-        self._mean = self._mean + delta * (m / tot)
-        self._m2 = self._m2 + m2 + delta**2 * (n * m / tot)
-        self._rows = tot
-        if tot > 1:
-            std = np.sqrt(self._m2 / (tot - 1))
-            self._scale = np.where(std > 1e-6, std, 1.0)
+    def _scales(self, x: FloatArray, steps: IntArray) -> FloatArray:
+        """The running standard deviation after each step (rows `x`, step `steps[r]` for row
+        r: 0, 1, ... non-decreasing, every step with a row), and the Welford state moved past
+        all of them.
+
+        Sums of deviations from the mean before the batch, prefix-summed over the steps
+        (Chan et al. merged once per step): mean_s = mean₀ + S1_s/N_s and
+        M2_s = M2₀ + S2_s − S1_s²/N_s."""
+        n_steps = int(steps[-1]) + 1 if steps.shape[0] else 0
+        dev = x - self._mean
+        first = np.flatnonzero(np.diff(steps, prepend=-1))  # every step has a row
+        s1 = np.cumsum(np.add.reduceat(dev, first, axis=0), axis=0)
+        s2 = np.cumsum(np.add.reduceat(dev * dev, first, axis=0), axis=0)
+        tot = self._rows + np.cumsum(np.diff(first, append=steps.shape[0])).astype(np.float64)[:, None]
+        m2 = self._m2 + s2 - s1 * s1 / tot
+        std = np.sqrt(np.maximum(m2, 0.0) / np.maximum(tot - 1.0, 1.0))
+        scale: FloatArray = np.where((std > 1e-6) & (tot > 1.0), std, 1.0)
+        if n_steps:
+            self._mean = self._mean + s1[-1] / tot[-1]
+            self._m2 = m2[-1]
+            self._rows = int(tot[-1, 0])
+            # a step with a single row overall keeps the previous scale, as Welford does
+            first_scaled = tot[:, 0] > 1.0
+            scale[~first_scaled] = self._scale
+            self._scale = scale[-1].copy()
+        return scale
 
     def learn(self, x_pos: FloatArray, x_neg: FloatArray, weight: float = 1.0) -> None:
         """One step for positive row `x_pos` against negative rows `x_neg` (m × features)."""
         if x_neg.shape[0] == 0:
             return
-        self._observe(np.vstack([x_pos[None, :], x_neg]))
-        d = (x_pos[None, :] - x_neg) / self._scale
-        z = np.clip(d @ self.w, -30.0, 30.0)
-        g = 1.0 / (1.0 + np.exp(z))  # = 1 − σ(z)
-        grad = -weight * (g[:, None] * d).sum(axis=0) + self.l2 * self.w
-        self._g2 += grad**2
-        self.w -= self.lr * grad / np.sqrt(self._g2)
-        self.n += 1
+        self.learn_many(x_pos[None, :], x_neg[None, :, :], np.array([x_neg.shape[0]]), np.array([weight]))
+
+    def learn_many(self, x_pos: FloatArray, x_neg: FloatArray, n_neg: IntArray, weights: FloatArray) -> None:
+        """`learn(x_pos[s], x_neg[s, :n_neg[s]], weights[s])` for every step s in order
+        (`x_neg` is s × m × features, rows past `n_neg[s]` are padding; steps without
+        negatives are skipped). The feature scales of every step are computed at once (they
+        do not depend on the weights); the AdaGrad steps run one by one on small arrays.
+
+        >>> r = PairwiseRanker(["a", "b"], lr=0.5)
+        >>> neg = np.array([[[0.0, 1.0], [0.2, 0.9]]] * 20)
+        >>> r.learn_many(np.array([[1.0, 0.0]] * 20), neg, np.full(20, 2), np.ones(20))
+        >>> s = r.score(np.array([[1.0, 0.0], [0.0, 1.0]]))
+        >>> bool(s[0] > s[1]), r.n
+        (True, 20)
+        """
+        live = np.flatnonzero(n_neg > 0)
+        if live.shape[0] == 0:
+            return
+        x_pos, x_neg, n_neg, weights = x_pos[live], x_neg[live], n_neg[live], weights[live]
+        n_steps, m = x_neg.shape[:2]
+        valid = np.arange(m)[None, :] < n_neg[:, None]
+        # the rows each step observes: its positive, then its negatives
+        rows = np.concatenate([x_pos[:, None, :], x_neg], axis=1)
+        mask = np.concatenate([np.ones((n_steps, 1), bool), valid], axis=1)
+        steps = np.broadcast_to(np.arange(n_steps)[:, None], mask.shape)[mask]
+        scale = self._scales(rows[mask], steps)
+        d = (x_pos[:, None, :] - x_neg) / scale[:, None, :]
+        d[~valid] = 0.0  # a zero row adds nothing to the gradient
+        w, g2 = self.w, self._g2
+        lr, l2 = self.lr, self.l2
+        for s in range(n_steps):
+            ds = d[s]
+            z = np.minimum(np.maximum(ds @ w, -30.0), 30.0)
+            g = 1.0 / (1.0 + np.exp(z))  # = 1 − σ(z)
+            grad = (-weights[s]) * (g @ ds) + l2 * w
+            g2 += grad * grad
+            w -= lr * grad / np.sqrt(g2)
+        self.n += n_steps
 
     def weights(self) -> dict[str, float]:
         """The weights per feature, on the standardised scale (for inspection)."""

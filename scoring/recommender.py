@@ -95,7 +95,8 @@ _PRIOR: Final[dict[str, float]] = {
     "popularity": 2.0,
     "trending": 1.0,
 }
-STATE_FORMAT: Final = 2
+#: 3: the implicit MF on numpy matrices (format 2 pickled River's FunkMF)
+STATE_FORMAT: Final = 3
 
 IntArray = NDArray[np.int64]
 
@@ -449,10 +450,13 @@ class Recommender:
         were learned (an event whose `positions[j]` was learned before is skipped).
 
         The same as `learn(events[j], ..., candidates.user(users[j]), positions[j])` for
-        every j in order, but the ranker's features are computed for the rows it learns
-        from only (one pass, before the models change) and its steps run after the other
-        models' (the models are independent; the random draws keep their order).
-        `before_learn(j)` is called just before event j is learned (e.g. to score it)."""
+        every j in order, computed model by model over the whole batch (the models are
+        independent of each other): the random draws of every event in one call (in event
+        order: the ranker's negatives, then the MF's), the ranker's hits and negatives as
+        array operations, its features for the rows it learns from only (before the models
+        change), the kNN pairs merged once. `before_learn(j)` is called just before event j
+        is learned by the rating model and the exploration bandit (e.g. to score it: the
+        other models learn after the loop)."""
         cfg = self.config
         cat = self.catalog
         cs = candidates
@@ -461,71 +465,177 @@ class Recommender:
         if n_hard and cs.scores is None:
             cs.features = self.features(contexts, cs)
             cs.scores = self.ranker.score(cs.features)
-        offsets = cs.offsets.tolist()
-        pools: dict[int, IntArray] = {}
-        # pass 1, in event order: which events are learned, and every random draw
-        todo: list[tuple[int, int, list[int]]] = []  # (event, item index, MF negatives)
-        steps: list[tuple[int, IntArray, float]] = []  # ranker: (row, negative rows, weight)
+        # which events are learned, and their items
+        todo: list[int] = []
+        items: list[int] = []
+        ensure = cat.ensure
         for j, event in enumerate(events):
             if positions is not None:
                 key, off = positions[j]
                 if off <= self.offsets.get(key, -1):
                     continue
                 self.offsets[key] = off
-            t = cat.ensure(event.item_id)
-            u = users[j]
-            a, b = offsets[u], offsets[u + 1]
-            hit = np.flatnonzero(cs.idx[a:b] == t) if b - a >= 2 and m > 0 else None
-            if hit is not None and hit.shape[0]:
-                pos = int(hit[0])
-                base = pools.get(u)
-                if base is None:
-                    base = pools[u] = np.flatnonzero(~cs.seen[a:b])
-                pool = base[base != pos]
-                if pool.shape[0]:
-                    pw = 1.0
-                    if event.type == "rate" and event.value is not None and event.value < cfg.rating_strong:
-                        pw = cfg.rating_weak_weight
-                    hard = np.zeros(0, np.int64)
-                    if n_hard:
-                        assert cs.scores is not None
-                        hard = pool[np.argsort(-cs.scores[a:b][pool], kind="stable")[:n_hard]]
-                    rand = self._rng.choice(pool, size=min(m - hard.shape[0], pool.shape[0]), replace=False)
-                    steps.append((a + pos, a + np.concatenate([hard, rand]), pw))
-            todo.append((j, t, self._sample_negatives(cfg.mf_negatives, t)))
-            self._recent[self._recent_n % self._recent.shape[0]] = t
-            self._recent_n += 1
+            todo.append(j)
+            items.append(ensure(event.item_id))
+        n_todo = len(todo)
+        if n_todo == 0:
+            return 0
+        t = np.array(items, np.int64)
+        ev_user = np.array([users[j] for j in todo], np.int64)
+        steps = self._ranker_hits(cs, ev_user, t, m, n_hard)
+        # every random draw, in event order: the ranker's negatives, then the MF's
+        n_rank = np.zeros(n_todo, np.int64)
+        n_rank[steps.event] = m - steps.n_hard
+        recent_before = self._recent_n + np.arange(n_todo)
+        n_mf = np.where(np.minimum(recent_before, self._recent.shape[0]) > 0, max(cfg.mf_negatives, 0), 0)
+        draws = self._rng.random(int(n_rank.sum() + n_mf.sum()))
+        start = np.cumsum(n_rank + n_mf) - n_rank - n_mf
+        if steps.event.shape[0]:
+            steps.draw(draws, start[steps.event], m)
+        mf_negs = self._mf_negatives(draws, start + n_rank, n_mf, t)
         # the ranker's rows, with the features as they were before these events
-        if steps:
-            rows = np.concatenate([r for p, negs, _ in steps for r in (np.array([p]), negs)])
+        if steps.event.shape[0]:
+            valid = steps.valid
+            rows = np.concatenate([steps.pos, steps.neg[valid]])
             feats = cs.features[rows] if cs.features is not None else self.features(contexts, cs, rows)
-        # pass 2: every model learns, each in event order
-        ids = cat.ids
-        mf_steps = []
-        for j, t, negs in todo:
+            n_s = steps.event.shape[0]
+            x_neg = np.zeros((n_s, steps.neg.shape[1], feats.shape[1]))
+            x_neg[valid] = feats[n_s:]
+        # the models that learn event by event
+        weights = np.array([float(cfg.type_weights.get(events[j].type, 1.0)) for j in todo])
+        reward = self.explorer.reward
+        learn_rating = self.rating.learn
+        for j in todo:
             if before_learn is not None:
                 before_learn(j)
             event = events[j]
-            user, item = event.user_id, event.item_id
-            self.explorer.reward(user, item)
+            reward(event.user_id, event.item_id)
             if event.type == "rate" and event.value is not None:
-                self.rating.learn(user, item, float(event.value))
-            # the remembered history moves on with each event (a context predates the batch)
-            hist = self.history(contexts[users[j]], check=False)
-            hist = hist[hist != t]
-            self.knn.add(t, hist)
-            self._remember(user, t, hist)
-            weight = float(cfg.type_weights.get(event.type, 1.0))
-            mf_steps.append((user, item, t, weight, [(ids[i], i) for i in negs]))
-            cat.add_popularity(t, weight, event.ts)
-            self.events_learned += 1
-        self.mf.learn_many(mf_steps)
-        at = 0
-        for _, neg_rows, pw in steps:
-            n = neg_rows.shape[0]
-            self.ranker.learn(feats[at], feats[at + 1 : at + 1 + n], pw)
-            at += 1 + n
-        return len(todo)
+                learn_rating(event.user_id, event.item_id, float(event.value))
+        user_ids = [events[j].user_id for j in todo]
+        self._learn_histories(user_ids, ev_user, t, contexts)
+        self.mf.learn_many(user_ids, t, weights, *mf_negs)
+        for j, i, w in zip(todo, items, weights.tolist(), strict=True):
+            cat.add_popularity(i, w, events[j].ts)
+        self.events_learned += n_todo
+        if steps.event.shape[0]:
+            pw = np.ones(steps.event.shape[0])
+            if cfg.rating_weak_weight != 1.0:
+                for s, k in enumerate(steps.event.tolist()):
+                    e = events[todo[k]]
+                    if e.type == "rate" and e.value is not None and e.value < cfg.rating_strong:
+                        pw[s] = cfg.rating_weak_weight
+            self.ranker.learn_many(feats[: steps.event.shape[0]], x_neg, steps.n_neg, pw)
+        return n_todo
+
+    def _ranker_hits(self, cs: CandidateSet, ev_user: IntArray, t: IntArray, m: int, n_hard: int) -> _Steps:
+        """The ranker's steps: the events whose item is among their user's candidates (at
+        least two of them), with the unseen rest of those candidates as the negative pool."""
+        empty = np.zeros(0, np.int64)
+        if m <= 0 or len(cs) == 0:
+            return _Steps(empty, empty, empty, empty, empty, empty, empty, np.zeros((0, 0), np.int64))
+        offsets = cs.offsets
+        width = int(max(int(cs.idx.max()), int(t.max()))) + 1
+        cand_key = cs.row_user * width + cs.idx
+        order = np.argsort(cand_key, kind="stable")
+        sorted_key = cand_key[order]
+        at = np.searchsorted(sorted_key, ev_user * width + t)
+        inside = at < sorted_key.shape[0]
+        at = np.minimum(at, sorted_key.shape[0] - 1)
+        hit = inside & (sorted_key[at] == ev_user * width + t)
+        hit &= (offsets[ev_user + 1] - offsets[ev_user]) >= 2
+        unseen = ~cs.seen
+        before = np.concatenate([[0], np.cumsum(unseen)])  # unseen rows before each row
+        user_start = before[offsets]  # each user's first unseen row (in `unseen_rows`)
+        ev = np.flatnonzero(hit)
+        u = ev_user[ev]
+        pos = order[at[ev]]
+        pos_unseen = unseen[pos]
+        pool = user_start[u + 1] - user_start[u] - pos_unseen
+        keep = pool > 0
+        ev, u, pos, pos_unseen, pool = ev[keep], u[keep], pos[keep], pos_unseen[keep], pool[keep]
+        hard = np.zeros(ev.shape[0], np.int64)
+        hard_rows = np.zeros((ev.shape[0], 0), np.int64)
+        unseen_rows = np.flatnonzero(unseen)
+        if n_hard and ev.shape[0]:
+            assert cs.scores is not None
+            hard_rows = np.full((ev.shape[0], n_hard), -1, np.int64)
+            for s in range(ev.shape[0]):
+                a, b = int(user_start[u[s]]), int(user_start[u[s] + 1])
+                p = unseen_rows[a:b]
+                p = p[p != pos[s]]
+                best = p[np.argsort(-cs.scores[p], kind="stable")[:n_hard]]
+                hard_rows[s, : best.shape[0]] = best
+                hard[s] = best.shape[0]
+        rank = before[pos] - user_start[u]  # the positive's place among the unseen rows
+        return _Steps(
+            ev, pos, np.where(pos_unseen, rank, pool + m), pool, hard, user_start[u], unseen_rows, hard_rows
+        )
+
+    def _mf_negatives(
+        self, draws: FloatArray, start: IntArray, count: IntArray, t: IntArray
+    ) -> tuple[IntArray, NDArray[np.bool_]]:
+        """Each event's MF negatives (a row each, and which of them count): items drawn
+        uniformly from the recent-traffic buffer as it was just before the event (the
+        batch's earlier items written into it), minus the event's own item; then the buffer
+        moves on past the batch."""
+        buf = self._recent
+        size = buf.shape[0]
+        n0 = self._recent_n
+        n_todo = t.shape[0]
+        k = np.arange(n_todo)
+        fill = np.minimum(n0 + k, size)
+        width = int(count.max()) if n_todo else 0
+        picked = np.zeros((n_todo, width), np.int64)
+        ok = np.zeros((n_todo, width), bool)
+        if width:
+            cols = np.arange(width)
+            take = cols[None, :] < count[:, None]
+            u = draws[np.minimum(start[:, None] + cols[None, :], max(draws.shape[0] - 1, 0))]
+            slot = np.minimum((u * fill[:, None]).astype(np.int64), np.maximum(fill[:, None] - 1, 0))
+            # the latest write to that slot by an earlier event of this batch, if any
+            last = k[:, None] - 1 - ((n0 + k[:, None] - 1 - slot) % size)
+            picked = np.where(last >= 0, t[np.maximum(last, 0)], buf[slot])
+            ok = take & (picked != t[:, None])
+        tail = np.arange(max(n_todo - size, 0), n_todo)
+        buf[(n0 + tail) % size] = t[tail]
+        self._recent_n = n0 + n_todo
+        return picked, ok
+
+    def _learn_histories(
+        self, user_ids: Sequence[str], ev_user: IntArray, t: IntArray, contexts: Sequence[UserContext]
+    ) -> None:
+        """The item-kNN counts of every event (its item against the user's history before it)
+        and the remembered histories, which move on with each event (a context predates the
+        batch); the pairs are merged into the counts once."""
+        cfg = self.config
+        window = self.knn.window
+        keep = cfg.knn_history
+        own: dict[str, list[int]] = {}
+        pair_a: list[int] = []
+        pair_p: list[int] = []
+        pair_b: list[int] = []
+        for user, u, b in zip(user_ids, ev_user.tolist(), t.tolist(), strict=True):
+            hist = own.get(user)
+            if hist is None:
+                hist = self.history(contexts[u], check=False).tolist()
+            hist = [a for a in hist if a != b]
+            near = hist[:window]
+            pair_a += near
+            pair_p += range(len(near))
+            pair_b += [b] * len(near)
+            if keep > 0:
+                own[user] = [b, *hist[: keep - 1]]
+        self.knn.add_many(
+            t, np.array(pair_a, np.int64), np.array(pair_b, np.int64), np.array(pair_p, np.int64)
+        )
+        if keep > 0:
+            last = dict.fromkeys(reversed(user_ids))  # users by their last event, latest first
+            for user in reversed(list(last)):
+                self.histories.pop(user, None)  # re-inserted last: least recently active first
+                self.histories[user] = np.array(own[user], np.int64)
+            while len(self.histories) > cfg.knn_history_users:
+                del self.histories[next(iter(self.histories))]
 
     def history(self, ctx: UserContext, check: bool = True) -> NDArray[np.int64]:
         """The user's history for the item-kNN (dense indices, most recent first): what the
@@ -549,25 +659,6 @@ class Recommender:
         """Drop what the recommender remembers of one user (a `forget_user` event)."""
         self.histories.pop(user_id, None)
         self.explorer.pending.pop(user_id, None)
-
-    def _remember(self, user: str, item: int, history: IntArray) -> None:
-        """Put `item` first in the user's remembered history (`knn_history` items, at most
-        `knn_history_users` users: the least recently active is dropped)."""
-        cfg = self.config
-        if cfg.knn_history > 0:
-            self.histories.pop(user, None)  # re-inserted last: dict order = least recently active first
-            self.histories[user] = np.concatenate(
-                (np.array([item], np.int64), history[: cfg.knn_history - 1])
-            )
-            if len(self.histories) > cfg.knn_history_users:
-                del self.histories[next(iter(self.histories))]
-
-    def _sample_negatives(self, m: int, exclude: int) -> list[int]:
-        n = min(self._recent_n, self._recent.shape[0])
-        if n == 0 or m <= 0:
-            return []
-        picks = self._recent[self._rng.integers(0, n, size=m)]
-        return [int(j) for j in picks if j != exclude]
 
     # ---- checkpoints ------------------------------------------------------------------
 
@@ -607,3 +698,60 @@ class Recommender:
         rec._rng = state["rng"]
         rec._recent, rec._recent_n = state["recent"]
         return rec
+
+
+@dataclass(slots=True)
+class _Steps:
+    """The ranker's steps of a batch (one per event whose item was a candidate), as arrays:
+    the event, its positive row, the positive's place among its user's unseen rows (past
+    the pool when it was seen), the pool size (unseen rows but the positive), the hard
+    negatives taken (`hard_rows`, −1 padded), where the user's unseen rows start in
+    `unseen_rows`; `draw` adds the negatives (`neg`, `valid`, `n_neg`)."""
+
+    event: IntArray
+    pos: IntArray
+    pos_rank: IntArray
+    pool: IntArray
+    n_hard: IntArray
+    user_start: IntArray
+    unseen_rows: IntArray
+    hard_rows: IntArray
+    neg: IntArray = field(default_factory=lambda: np.zeros((0, 0), np.int64))
+    valid: NDArray[np.bool_] = field(default_factory=lambda: np.zeros((0, 0), bool))
+    n_neg: IntArray = field(default_factory=lambda: np.zeros(0, np.int64))
+
+    def draw(self, draws: FloatArray, start: IntArray, m: int) -> None:
+        """Negatives from uniform `draws` (step s reads `m − n_hard[s]` of them from
+        `start[s]`): min(m − n_hard, pool) pool rows without replacement, draw i picking
+        the ⌊u·(pool − i)⌋-th of the rows not picked yet (selection sampling), all steps at
+        once; the hard negatives first."""
+        n_steps = self.event.shape[0]
+        n_rand = m - self.n_hard
+        r = np.minimum(n_rand, self.pool)
+        big = np.iinfo(np.int64).max // 2
+        chosen = np.full((n_steps, m), big, np.int64)
+        cols = np.arange(m)
+        u = draws[np.minimum(start[:, None] + cols[None, :], draws.shape[0] - 1)]
+        for i in range(m):
+            live = i < r
+            if not live.any():
+                break
+            left = np.maximum(self.pool - i, 1)
+            x = np.minimum((u[:, i] * left).astype(np.int64), left - 1)
+            prev = np.sort(chosen[:, :i], axis=1)
+            for k in range(i):  # the x-th row not picked yet: step over the picked ones below it
+                x += prev[:, k] <= x
+            chosen[live, i] = x[live]
+        rand_valid = cols[None, :] < r[:, None]
+        place = np.where(rand_valid, chosen, 0)
+        place += place >= self.pos_rank[:, None]  # the pool skips the positive
+        rand_rows = self.unseen_rows[
+            np.minimum(self.user_start[:, None] + place, self.unseen_rows.shape[0] - 1)
+        ]
+        rows = np.concatenate([self.hard_rows, rand_rows], axis=1)
+        valid = np.concatenate([self.hard_rows >= 0, rand_valid], axis=1)
+        if self.hard_rows.shape[1]:
+            order = np.argsort(~valid, axis=1, kind="stable")
+            rows = np.take_along_axis(rows, order, axis=1)[:, :m]
+            valid = np.take_along_axis(valid, order, axis=1)[:, :m]
+        self.neg, self.valid, self.n_neg = rows, valid, valid.sum(axis=1)

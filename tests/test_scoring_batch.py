@@ -163,8 +163,9 @@ def test_learn_batch_equals_learning_event_by_event(seed: int, hard: float) -> N
     assert rec.ranker.n == one.ranker.n
     assert rec.knn.pairs.nnz() == one.knn.pairs.nnz()
     assert np.array_equal(rec.catalog.pop_raw, one.catalog.pop_raw)
-    for user, v in one.mf.model.u_latents.items():
-        assert np.array_equal(rec.mf.model.u_latents[user], v)
+    assert rec.mf.users == one.mf.users
+    n = len(one.mf.users)
+    assert np.allclose(rec.mf.user_matrix[:n], one.mf.user_matrix[:n], rtol=1e-12, atol=1e-15)
     assert rec._rng.bit_generator.state == one._rng.bit_generator.state
     assert rec.explorer.rewards == one.explorer.rewards
     # and learning it again is a no-op
@@ -215,21 +216,40 @@ def test_nearest_many_equals_nearest_without_ties() -> None:
         assert g.tolist() == want.tolist()
 
 
-def test_mf_step_is_rivers_learn_one_bit_for_bit() -> None:
-    fast, river = ImplicitMF(8, seed=4), ImplicitMF(8, seed=4)
+def test_mf_equals_rivers_funk_mf_learning_one_by_one() -> None:
+    """The numpy ImplicitMF against `river.reco.FunkMF.learn_one` with the logistic loss:
+    the same initial factors (River's initializer, in River's order) and the same steps."""
+    from river import optim
+
+    fast = ImplicitMF(8, lr=0.05, l2=0.001, seed=4)
+    river = reco.FunkMF(
+        n_factors=8,
+        optimizer=optim.SGD(0.05),
+        loss=optim.losses.Log(),
+        l2=0.001,
+        initializer=optim.initializers.Normal(mu=0.0, sigma=0.1, seed=4),
+        seed=4,
+    )
     rng = np.random.default_rng(0)
     for _ in range(400):
-        u, i, y = f"u{rng.integers(0, 20)}", f"i{rng.integers(0, 30)}", int(rng.integers(0, 2))
+        u, i, y = f"u{rng.integers(0, 20)}", int(rng.integers(0, 30)), int(rng.integers(0, 2))
         w = float(rng.choice([1.0, 3.0, 5.0]))
-        fast.loss.weight_pos = river.loss.weight_pos = w
-        fast._step(u, i, y)
-        river.model.learn_one(u, i, y)
-    assert isinstance(river.model, reco.FunkMF)
-    for name in ("u_latents", "i_latents"):
-        a, b = getattr(fast.model, name), getattr(river.model, name)
-        assert list(a) == list(b)  # created in the same order
-        assert all(np.array_equal(a[key], b[key]) for key in a)
-    assert fast.model.u_optimizer.n_iterations == river.model.u_optimizer.n_iterations
+        if y:
+            fast.learn(u, i, w, [])
+            river.loss.weight_pos = w
+            river.learn_one(u, f"i{i}", 1)
+        else:  # a negative, through an event whose positive both learn too
+            j = (i + 1) % 30
+            fast.learn(u, j, w, [i])
+            river.loss.weight_pos = w
+            river.learn_one(u, f"i{j}", 1)
+            river.learn_one(u, f"i{i}", 0)
+    assert list(fast.users) == list(river.u_latents)
+    for user, r in fast.users.items():
+        assert np.allclose(fast.user_matrix[r], river.u_latents[user], rtol=1e-12, atol=1e-15)
+    for item, v in river.i_latents.items():
+        assert np.allclose(fast.item_matrix[int(item[1:])], v, rtol=1e-12, atol=1e-15)
+    assert int(fast.item_known.sum()) == len(river.i_latents)
 
 
 @settings(max_examples=20, deadline=None)
@@ -237,20 +257,28 @@ def test_mf_step_is_rivers_learn_one_bit_for_bit() -> None:
 def test_mf_learn_many_equals_learning_in_order(seed: int, n_users: int, n_items: int) -> None:
     rng = np.random.default_rng(seed)
     waves, in_order = ImplicitMF(4, seed=seed), ImplicitMF(4, seed=seed)
-    steps = []
+    users: list[str] = []
+    items: list[int] = []
+    weights: list[float] = []
+    negs: list[np.ndarray] = []
     for _ in range(int(rng.integers(1, 60))):
         item = int(rng.integers(0, n_items))
-        negs = [(f"i{j}", j) for j in rng.integers(0, n_items, size=int(rng.integers(0, 4))).tolist()]
-        steps.append((f"u{rng.integers(0, n_users)}", f"i{item}", item, float(rng.choice([1.0, 5.0])), negs))
-    for user, item, idx, w, negs in steps:
-        in_order.learn(user, item, idx, w, negs)
-    waves.learn_many(steps)
-    for name in ("u_latents", "i_latents"):
-        a, b = getattr(waves.model, name), getattr(in_order.model, name)
-        assert list(a) == list(b)  # created in the same order (same random initial factors)
-        assert all(np.allclose(a[key], b[key], rtol=1e-12, atol=1e-15) for key in a)
+        users.append(f"u{rng.integers(0, n_users)}")
+        items.append(item)
+        weights.append(float(rng.choice([1.0, 5.0])))
+        negs.append(rng.integers(0, n_items, size=3))
+    neg_m = np.array(negs, np.int64)
+    valid = neg_m != np.array(items)[:, None]
+    valid[:, 2] &= rng.random(len(items)) < 0.5  # some events with fewer negatives
+    for user, item, w, neg, ok in zip(users, items, weights, negs, valid, strict=True):
+        in_order.learn(user, item, w, neg[ok].tolist())
+    waves.learn_many(users, np.array(items), np.array(weights), neg_m, valid)
+    assert waves.users == in_order.users
+    n = len(waves.users)
+    assert np.allclose(waves.user_matrix[:n], in_order.user_matrix[:n], rtol=1e-12, atol=1e-15)
+    assert np.array_equal(waves.item_known, in_order.item_known)
     assert np.allclose(waves.item_matrix, in_order.item_matrix, rtol=1e-12, atol=1e-15)
-    assert waves.model.i_optimizer.n_iterations == in_order.model.i_optimizer.n_iterations
+    assert waves.steps == in_order.steps
 
 
 def test_an_empty_batch() -> None:

@@ -63,7 +63,8 @@ def naive_features(rec: Recommender, ctx: UserContext, cs: CandidateSet) -> np.n
     aff = dict(ctx.top_categories)
     total = sum(s for c, s in ctx.top_categories if c in cat.category_ids and s > 0)
     pmax = cat.max_popularity(ctx.ts)
-    u = rec.mf.model.u_latents.get(ctx.user_id)
+    ur = rec.mf.users.get(ctx.user_id)
+    u = None if ur is None else rec.mf.user_matrix[ur]
     knn = rec.knn
     hist = [cat.index[h] for h in ctx.long_history if h in cat.index][: knn.n_recent]
 
@@ -83,7 +84,6 @@ def naive_features(rec: Recommender, ctx: UserContext, cs: CandidateSet) -> np.n
     order = sorted(range(len(kv)), key=lambda r: (-kv[r], r))
     krank = {r: pos for pos, r in enumerate(order)}
     for r, i in enumerate(cs.idx.tolist()):
-        item = cat.ids[i]
         v = cat.vectors[i].astype(np.float64)
         f = {}
         f["knn_rel"] = kv[r] / kmax if kmax > 0 else 0.0
@@ -107,8 +107,8 @@ def naive_features(rec: Recommender, ctx: UserContext, cs: CandidateSet) -> np.n
             else 2.0 ** (-max(ctx.ts - first, 0.0) / rec.config.freshness_half_life_s)
         )
         mf = (
-            float(np.dot(u, rec.mf.model.i_latents[item]))
-            if u is not None and item in rec.mf.model.i_latents
+            float(np.dot(u, rec.mf.item_matrix[i]))
+            if u is not None and i < rec.mf.item_known.shape[0] and rec.mf.item_known[i]
             else 0.0
         )
         f["mf"] = min(max(mf, -8.0), 8.0)
