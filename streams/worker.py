@@ -218,9 +218,17 @@ class Worker:
 
     # ------------------------------------------------------------------ steps
     def _consume(self, n: int, timeout: float) -> list[Message]:
-        messages = self.consumer.consume(n, timeout)
+        """The next batch: up to `n` messages. Waits up to `timeout` for the first one only,
+        then takes what the client has fetched meanwhile, so a batch holds what arrived
+        while the previous one was handled: one event or a few when the worker keeps up
+        (no wait added to its latency), up to `n` when it falls behind (large batches, the
+        cheapest per event). `exact_batches`: `n` per batch (see `__init__`)."""
         if not self.exact_batches:
-            return messages
+            first = self.consumer.poll(timeout)
+            if first is None:
+                return []
+            return [first, *self.consumer.consume(n - 1, 0)] if n > 1 else [first]
+        messages = self.consumer.consume(n, timeout)
         while messages:
             real = sum(1 for m in messages if m.error() is None)
             if real >= n or any(m.error() is not None for m in messages):
