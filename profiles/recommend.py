@@ -5,8 +5,11 @@ snapshots each touched user's context (what the user looked like when the events
 the list served then is what the events are scored against), and after the batch it
 recommends for every changed user from the updated state. Candidate inputs that other
 workers also feed (co-visitation neighbours, trending) come from Redis in one pipelined
-read per batch; the models (`scoring.Recommender`) learn each event with the context from
-before its batch, predict first and learn after, and skip an offset already learned.
+read per batch, shared by the snapshot and the lists; the models (`scoring.Recommender`)
+learn each event with the context from before its batch, predict first and learn after,
+and skip an offset already learned. The worker computes and publishes a batch's lists
+before the models learn it (`lists(..., serve=False)`, `learn`, then `serve`), so the
+lists' model weights are one micro-batch behind their profiles.
 
 Both passes score all the batch's users at once (`Recommender.candidate_batch`): the
 events learn with candidates computed from the models as they were before the batch

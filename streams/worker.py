@@ -25,7 +25,7 @@ from streams.config import Settings
 from streams.contract import decode_event
 from streams.dedupe import Deduplicator, WindowLoader
 from streams.errors import Coordinates, DecodeError, FreshrecError
-from streams.kafka_io import make_consumer, make_producer
+from streams.kafka_io import make_consumer, make_producer, take_batch
 
 log = logging.getLogger("freshrec.worker")
 
@@ -218,16 +218,10 @@ class Worker:
 
     # ------------------------------------------------------------------ steps
     def _consume(self, n: int, timeout: float) -> list[Message]:
-        """The next batch: up to `n` messages. Waits up to `timeout` for the first one only,
-        then takes what the client has fetched meanwhile, so a batch holds what arrived
-        while the previous one was handled: one event or a few when the worker keeps up
-        (no wait added to its latency), up to `n` when it falls behind (large batches, the
-        cheapest per event). `exact_batches`: `n` per batch (see `__init__`)."""
+        """The next batch (`streams.kafka_io.take_batch`: up to `n` messages, waiting up to
+        `timeout` for the first only); `exact_batches`: `n` per batch (see `__init__`)."""
         if not self.exact_batches:
-            first = self.consumer.poll(timeout)
-            if first is None:
-                return []
-            return [first, *self.consumer.consume(n - 1, 0)] if n > 1 else [first]
+            return take_batch(self.consumer, n, timeout)
         messages = self.consumer.consume(n, timeout)
         while messages:
             real = sum(1 for m in messages if m.error() is None)
