@@ -5,8 +5,11 @@ snapshots each touched user's context (what the user looked like when the events
 the list served then is what the events are scored against), and after the batch it
 recommends for every changed user from the updated state. Candidate inputs that other
 workers also feed (co-visitation neighbours, trending) come from Redis in one pipelined
-read per batch; the models (`scoring.Recommender`) learn each event with the context from
-before its batch, predict first and learn after, and skip an offset already learned.
+read per batch, shared by the snapshot and the lists; the models (`scoring.Recommender`)
+learn each event with the context from before its batch, predict first and learn after,
+and skip an offset already learned. The worker computes and publishes a batch's lists
+before the models learn it (`lists(..., serve=False)`, `learn`, then `serve`), so the
+lists' model weights are one micro-batch behind their profiles.
 
 Both passes score all the batch's users at once (`Recommender.candidate_batch`): the
 events learn with candidates computed from the models as they were before the batch
@@ -30,7 +33,7 @@ from profiles.updater import Coords
 from profiles.user_state import UserState
 from scoring.metrics import PrequentialMetrics
 from scoring.recommender import Recommender
-from scoring.types import CandidateInputs, Interaction, RecItem, UserContext
+from scoring.types import CandidateInputs, Interaction, NeighbourLists, RecItem, UserContext
 
 
 @dataclass(slots=True)
@@ -71,6 +74,7 @@ class RecommendationStage:
         self._served: dict[str, list[str]] = {}  # the list each user was last given
         #: the batch's candidate read (co-visitation neighbours, trending)
         self._batch_reads: tuple[dict[str, list[tuple[str, float]]], list[tuple[str, float]]] = ({}, [])
+        self._read_from: set[str] = set()  # the items `_batch_reads` read
         k = self.config.k
         self.metrics = {name: PrequentialMetrics(k) for name in ("freshrec", "popularity", "covisitation")}
         self._squared_error = 0.0
@@ -126,8 +130,12 @@ class RecommendationStage:
         if not contexts:
             return {}, []
         at = max(c.ts for c in contexts)
-        items = [i for c in contexts for i in c.recent_items]
-        return self.store.candidate_inputs(items, self.config.covis_k, self.config.trending_k, at)
+        return self._read_items([i for c in contexts for i in c.recent_items], at)
+
+    def _read_items(self, items: Sequence[str], at: float) -> tuple[NeighbourLists, list[tuple[str, float]]]:
+        """Co-visitation neighbours of `items` and trending at event time `at` (one read)."""
+        covis, trending = self.store.candidate_inputs(items, self.config.covis_k, self.config.trending_k, at)
+        return NeighbourLists(covis), trending
 
     @staticmethod
     def _inputs_of(
@@ -143,15 +151,19 @@ class RecommendationStage:
             items = [i for s in states.values() for i in self.context(s).recent_items]
             items += [e.item_id for e in events]
             at = max((e.ts for e in events), default=0.0)
-            self._batch_reads = self.store.candidate_inputs(
-                items, self.config.covis_k, self.config.trending_k, at
-            )
+            self._batch_reads = self._read_items(items, at)
+            self._read_from = set(items)
             return
         first: dict[str, float] = {}
         for event in events:
             first.setdefault(event.user_id, event.ts)
         contexts = {uid: self.context(s, first.get(uid), frozen=True) for uid, s in states.items()}
-        covis, trending = self._batch_reads = self._read(list(contexts.values()))
+        # one read for the contexts before the batch and the lists after it: the items the
+        # batch makes recent are read too (`lists` reads only what this read lacks)
+        items = [i for c in contexts.values() for i in c.recent_items] + [e.item_id for e in events]
+        at = max([c.ts for c in contexts.values()] + [e.ts for e in events], default=0.0)
+        covis, trending = self._batch_reads = self._read_items(items, at)
+        self._read_from = set(items)
         self._before = {uid: (c, self._inputs_of(c, covis, trending)) for uid, c in contexts.items()}
 
     def before_event(self, state: UserState, event: Event, where: Coords) -> None:
@@ -280,17 +292,31 @@ class RecommendationStage:
             [(f"{topic}:{partition}", offset) for topic, partition, offset in coords],
         )
 
-    def lists(self, states: Mapping[str, UserState]) -> dict[str, list[RecItem]]:
+    def lists(self, states: Mapping[str, UserState], serve: bool = True) -> dict[str, list[RecItem]]:
         """Fresh top-K lists for the given (changed) users, from their current state (all of
-        them scored in one `candidate_batch`)."""
+        them scored in one `candidate_batch`), with the candidate read of the batch
+        (`before_batch`, which read the items the batch made recent too; a user's recent
+        item it lacks is read now). `serve=False`: the lists are not yet the ones the
+        users' next events are scored against — call `serve` once they are (the worker
+        publishes a batch's lists before its events are learned and scored)."""
         uids = list(states)
         contexts = [self.context(states[uid]) for uid in uids]
-        covis, trending = self._read(contexts)
+        covis, trending = self._batch_reads
+        missing = [i for c in contexts for i in c.recent_items if i not in self._read_from]
+        if missing or not trending:
+            covis, trending = self._batch_reads = self._read(contexts)
+            self._read_from = {i for c in contexts for i in c.recent_items}
         cs = self.recommender.candidate_batch(contexts, covis, trending)
         out = dict(zip(uids, self.recommender.recommend_batch(contexts, cs, self.config.k), strict=True))
-        for uid, items in out.items():
-            lru_put(self._served, uid, [item.item_id for item in items], self.config.max_users)
+        if serve:
+            self.serve(out)
         return out
+
+    def serve(self, lists: Mapping[str, list[RecItem]]) -> None:
+        """Remember `lists` as the ones in force for their users (what their next events
+        are scored against)."""
+        for uid, items in lists.items():
+            lru_put(self._served, uid, [item.item_id for item in items], self.config.max_users)
 
     def forget(self, user_ids: Sequence[str]) -> None:
         for uid in user_ids:

@@ -527,8 +527,10 @@ class RedisFeatureStore:
         h = self.covis_half_life_s
         trend_h = self.trending_half_lives_s[0]
         with self.client.pipeline(transaction=False) as pipe:
-            for iid in unique:
-                pipe.zrevrange(self.covis_key(iid), 0, covis_k - 1, withscores=True)
+            for iid in unique:  # flat [member, score, ...] replies: paired below, in one pass
+                pipe.execute_command(  # type: ignore[no-untyped-call]
+                    "ZREVRANGE", self.covis_key(iid), 0, covis_k - 1, "WITHSCORES"
+                )
             if unique:
                 pipe.hmget(self.covis_landmark_key, unique)
             pipe.zrevrange(self.trending_key(trend_h), 0, trending_k - 1, withscores=True)
@@ -540,7 +542,8 @@ class RedisFeatureStore:
             for iid, members, lm in zip(unique, replies[: len(unique)], landmarks, strict=True):
                 if members and lm is not None:
                     f = 2.0 ** ((float(lm) - max(at, float(lm))) / h)  # never read before the landmark
-                    covis[iid] = [(m.decode("utf-8"), float(s) * f) for m, s in members]
+                    names = [m.decode("utf-8") for m in members[::2]]
+                    covis[iid] = list(zip(names, [float(s) * f for s in members[1::2]], strict=True))
         members, lm = replies[-2], replies[-1]
         trending: list[tuple[str, float]] = []
         if members and lm is not None:

@@ -48,7 +48,7 @@ import numpy as np
 from numpy.typing import NDArray
 
 from scoring.catalog import ItemCatalog
-from scoring.types import SOURCES, FloatArray, UserContext
+from scoring.types import SOURCES, FloatArray, NeighbourLists, UserContext
 
 __all__ = ["CandidateConfig", "CandidateSet", "generate"]
 
@@ -143,16 +143,22 @@ def generate(
     n_users = len(contexts)
     index = catalog.index
     ensure = catalog.ensure
-    # every list the batch's users share, as arrays, once
-    covis_arrays: dict[str, tuple[IntArray, FloatArray]] = {}
-    for item, nbrs in covisitation.items():
-        head = nbrs[: cfg.covis_per_item]
-        if head:
-            covis_arrays[item] = (
-                np.fromiter((ensure(nb) if (i := index.get(nb)) is None else i for nb, _ in head),
-                            np.int64, count=len(head)),
-                np.fromiter((v for _, v in head), np.float64, count=len(head)),
-            )  # fmt: skip
+    # every list the batch's users share, as arrays, once (once per read when the lists
+    # come as `NeighbourLists`, which keep them), and only those the users' recent items use
+    covis_arrays: dict[str, tuple[IntArray, FloatArray]] = (
+        covisitation.arrays if isinstance(covisitation, NeighbourLists) else {}
+    )
+    for ctx in contexts:
+        for item in ctx.recent_items[: cfg.recent_n]:
+            if item in covis_arrays:
+                continue
+            head = covisitation.get(item, ())[: cfg.covis_per_item]
+            if head:
+                covis_arrays[item] = (
+                    np.fromiter((ensure(nb) if (i := index.get(nb)) is None else i for nb, _ in head),
+                                np.int64, count=len(head)),
+                    np.fromiter((v for _, v in head), np.float64, count=len(head)),
+                )  # fmt: skip
     trend = trending[: cfg.n_trending]
     trend_idx = np.fromiter((ensure(t) if (i := index.get(t)) is None else i for t, _ in trend), np.int64,
                             count=len(trend))  # fmt: skip

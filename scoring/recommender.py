@@ -288,7 +288,31 @@ class Recommender:
         x[:, 11] = np.array([1.0 / (1.0 + c.n_events) for c in contexts])[usr]
         x[:, 12] = x[:, 7] * x[:, 11]
         x[:, _N_BASE:] = cs.source_mask if rows is None else cs.source_mask[rows]
-        # user by user: session similarity, category affinity, MF logit
+        # session similarity and category affinity: each user's query vector and category
+        # weights gathered into per-user rows (user by user), then applied to every row at once
+        recent_n = self.config.candidates.recent_n
+        queries = np.zeros((n_users, cat.vectors.shape[1]))
+        affinity = np.zeros((n_users, len(cat.category_ids) + 1))  # the last column: no category
+        totals = np.ones(n_users)
+        for u, ctx in enumerate(contexts):
+            q = ctx.session_embedding
+            if q is None and ctx.recent_items:
+                ridx = cat.indices(ctx.recent_items[:recent_n])
+                q = cat.vectors[ridx].mean(axis=0) if ridx.shape[0] else None
+            qn = float(np.linalg.norm(q)) if q is not None else 0.0
+            if q is not None and qn > 0.0:
+                queries[u] = q / qn
+            total = 0.0
+            for c, sc in ctx.top_categories:
+                cid = cat.category_ids.get(c)
+                if cid is not None and sc > 0.0:
+                    affinity[u, cid] = sc
+                    total += sc
+            if total > 0.0:
+                totals[u] = total
+        x[:, 5] = np.einsum("ij,ij->i", cat.vectors[idx], queries[usr])
+        x[:, 6] = affinity[usr[:, None], cat.cat_matrix[idx]].sum(axis=1) / totals[usr]
+        # the MF logit, user by user
         if rows is None:
             perm = None
             seg = cs.offsets.tolist()
@@ -297,39 +321,15 @@ class Recommender:
             perm = np.argsort(usr, kind="stable")
             seg = np.searchsorted(usr[perm], np.arange(n_users + 1)).tolist()
             idx_s = idx[perm]
-        per_user = np.zeros((n, 3))
-        recent_n = self.config.candidates.recent_n
-        aff = np.zeros(len(cat.category_ids) + 1)
+        mf = np.zeros(n)
         for u, ctx in enumerate(contexts):
             a, b = seg[u], seg[u + 1]
-            if a == b:
-                continue
-            ii = idx_s[a:b]
-            q = ctx.session_embedding
-            if q is None and ctx.recent_items:
-                ridx = cat.indices(ctx.recent_items[:recent_n])
-                q = cat.vectors[ridx].mean(axis=0) if ridx.shape[0] else None
-            qn = float(np.linalg.norm(q)) if q is not None else 0.0
-            if q is not None and qn > 0.0:
-                per_user[a:b, 0] = cat.vectors[ii] @ (q / qn)
-            if ctx.top_categories:
-                total = 0.0
-                used = []
-                for c, sc in ctx.top_categories:
-                    cid = cat.category_ids.get(c)
-                    if cid is not None and sc > 0.0:
-                        aff[cid] = sc
-                        used.append(cid)
-                        total += sc
-                if total > 0.0:
-                    per_user[a:b, 1] = aff[cat.cat_matrix[ii]].sum(axis=1) / total
-                aff[used] = 0.0
-            per_user[a:b, 2] = self.mf.scores(ctx.user_id, ii)
-        cols = [5, 6, 10]
+            if a < b:
+                mf[a:b] = self.mf.scores(ctx.user_id, idx_s[a:b])
         if perm is None:
-            x[:, cols] = per_user
+            x[:, 10] = mf
         else:
-            x[perm[:, None], np.array(cols)[None, :]] = per_user
+            x[perm, 10] = mf
         x[:, 10] = np.clip(x[:, 10], -8.0, 8.0)
         return x
 

@@ -32,6 +32,7 @@ __all__ = [
     "FloatArray",
     "Interaction",
     "Item",
+    "NeighbourLists",
     "RecItem",
     "UserContext",
 ]
@@ -129,6 +130,23 @@ class CandidateInputs:
 
     covisitation: Mapping[str, Sequence[tuple[str, float]]] = field(default_factory=dict)
     trending: Sequence[tuple[str, float]] = ()
+
+
+class NeighbourLists(dict[str, list[tuple[str, float]]]):
+    """The co-visitation neighbour lists of one candidate read (item -> [(neighbour,
+    score)], best first), with the per-item arrays candidate generation derives from them
+    kept beside in `arrays`: every `candidate_batch` over the same read (a batch's
+    prequential pass and its lists) converts each list once.
+
+    >>> lists = NeighbourLists({"a": [("b", 2.0)]})
+    >>> lists["a"], lists.arrays
+    ([('b', 2.0)], {})
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        #: item -> (dense neighbour indices, scores), filled by `scoring.candidates.generate`
+        self.arrays: dict[str, tuple[NDArray[np.int64], FloatArray]] = {}
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,7 +1,8 @@
 """The ceiling of `freshrec bench`: consume -> produce the same events, no processing.
 
 `python -m streams.bench_ceiling` (settings from `FRESHREC_*`) reads the events topic in
-batches as the worker does (`batch_max_events` / `batch_max_wait_ms`, the worker's consumer
+batches as the worker does (`streams.kafka_io.take_batch`: `batch_max_events`, waiting up to
+`batch_max_wait_ms` for the first message; the worker's consumer
 configuration), copies every message to the recommendations topic unchanged, waits for the
 deliveries and commits the batch's offsets: the same at-least-once contract as the worker's
 lists, with nothing in between. It runs until SIGTERM/SIGINT.
@@ -15,7 +16,7 @@ import threading
 from confluent_kafka import TopicPartition
 
 from streams.config import Settings
-from streams.kafka_io import make_consumer, make_producer
+from streams.kafka_io import make_consumer, make_producer, take_batch
 
 
 def run_ceiling(settings: Settings, stop: threading.Event) -> int:
@@ -27,7 +28,7 @@ def run_ceiling(settings: Settings, stop: threading.Event) -> int:
     copied = 0
     try:
         while not stop.is_set():
-            messages = consumer.consume(settings.batch_max_events, settings.batch_max_wait_ms / 1000.0)
+            messages = take_batch(consumer, settings.batch_max_events, settings.batch_max_wait_ms / 1000.0)
             last: dict[tuple[str, int], int] = {}
             for msg in messages:
                 if msg.error() is not None:

@@ -4,18 +4,19 @@
 
 Simulated events are decoded up front, then fed in micro-batches of `batch_max_events` through
 `ProfileUpdater.submit` with a `RecommendationStage` hooked in, exactly as
-`streams.handlers.ProfileHandler` drives them (batch protocol: contexts and candidate reads
-before the batch, prequential scoring + learning of every event, then a fresh list for every
-changed user), minus publishing. The first `--warmup` events go through the same path
-untimed (so the models and co-occurrence rows are not empty). Prints, per batch, the time of
-each stage and the events/s of the whole step:
+`streams.handlers.ProfileHandler` drives them (batch protocol: contexts and the batch's one
+candidate read before the batch, a fresh list for every changed user, the batch's write
+awaited, then prequential scoring + learning of every event), minus publishing. The first
+`--warmup` events go through the same path untimed (so the models and co-occurrence rows
+are not empty). Prints, per batch, the time of each stage and the events/s of the whole step:
 
 - `profile`: `ProfileUpdater.submit` without the stage's hook (feature math, encoding, the
   pipelined Redis write);
 - `before`: the stage's pre-batch hook (contexts + one candidate read);
 - `learn`: prequential scoring and learning of the batch's events;
-- `lists`: a fresh list for every changed user (contexts, one candidate read, scoring);
-- `reads`: the two candidate reads (inside `before` and `lists`).
+- `lists`: a fresh list for every changed user (contexts, scoring; a candidate read only
+  for recent items the batch's read lacks);
+- `reads`: the candidate reads (inside `before`, and `lists` when it needs one).
 
 Wall time and the worker thread's CPU time are both reported: on a shared machine the CPU
 time is the steadier figure (it excludes Redis, which runs in its own process).
@@ -133,10 +134,13 @@ def run_scoring_bench(
             coords, spans = partition_coords(chunk, offsets)
             t0 = time.perf_counter()
             submit(start, chunk, coords, spans)
+            # as the worker: the lists first (durable write, then published), then learning
+            triggers = {e.user_id: ("bench", c[1]) for e, c in zip(chunk, coords, strict=True)}
+            out = lists(updater.states_of(triggers), serve=False)
+            updater.flush()
             if protocol == "batch":
                 learn(chunk, coords)
-            triggers = {e.user_id: ("bench", c[1]) for e, c in zip(chunk, coords, strict=True)}
-            out = lists(updater.states_of(triggers))
+            stage.serve(out)
             if started:
                 batch_s.append(time.perf_counter() - t0)
                 n_lists += len(out)

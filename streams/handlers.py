@@ -15,6 +15,7 @@ from profiles.store import RedisFeatureStore
 from profiles.updater import BatchOutcome, ProfileUpdater
 from profiles.user_state import ProfileConfig
 from scoring.recommender import Recommender, RecommenderConfig
+from scoring.types import RecItem
 from streams.checkpoint import CheckpointInfo, ModelCheckpoints
 from streams.config import Settings
 from streams.errors import ConfigError
@@ -191,10 +192,16 @@ class ProfileHandler:
         started = time.perf_counter()
         done = self.updater.submit(batch, batch.events, coords, offsets, forgets)
         self.stats.record("redis_seconds", [time.perf_counter() - started], keep=1000)
-        if self.stage is not None:
-            self._recommend(batch, coords)
-            self._maybe_checkpoint()
-        return self._record(done)
+        if self.stage is None:
+            return self._record(done)
+        # lists first, published as soon as the batch's write is durable; then the models
+        # learn the batch (its events scored against the lists in force before it)
+        lists = self._lists_of(batch, coords)
+        durable = self._record(done + self.updater.flush())
+        self.stage.learn(batch.events, coords)
+        self.stage.serve(lists)
+        self._maybe_checkpoint()
+        return durable
 
     def _relearn(self, batch: DecodedBatch, coords: list[tuple[str, int, int]]) -> None:
         """Learn the batch's events that the profiles already hold (re-read after a restart
@@ -251,11 +258,11 @@ class ProfileHandler:
             "checkpoint: %d events learned, %d bytes, %.3f s", info.events_learned, info.bytes, info.seconds
         )
 
-    def _recommend(self, batch: DecodedBatch, coords: list[tuple[str, int, int]]) -> None:
-        """Learn the batch's events, then compute the changed users' lists (published when
-        the batch is durable, in `_record`)."""
+    def _lists_of(self, batch: DecodedBatch, coords: list[tuple[str, int, int]]) -> dict[str, list[RecItem]]:
+        """The fresh lists of the users the batch changed, from their updated profiles and
+        the models as they were before the batch (published when the batch is durable, in
+        `_record`); returns them for `RecommendationStage.serve` once the batch is learned."""
         assert self.stage is not None
-        self.stage.learn(batch.events, coords)
         times = batch.event_times or [-1] * len(batch.events)  # -1: no Kafka timestamp
         triggers: dict[str, tuple[Event, tuple[str, int], int]] = {}
         for event, (topic, partition, _), ms in zip(batch.events, coords, times, strict=True):
@@ -264,7 +271,8 @@ class ProfileHandler:
         states = self.updater.states_of({u: t[1] for u, t in triggers.items() if u not in forgotten})
         version = f"freshrec-0.1:learned={self.stage.recommender.events_learned}"
         lists = []
-        for uid, items in self.stage.lists(states).items():
+        computed = self.stage.lists(states, serve=False)
+        for uid, items in computed.items():
             if items:
                 event = triggers[uid][0]
                 lists.append(RecList(uid, [i.to_json() for i in items], event.event_id, event.ts, version))
@@ -273,6 +281,7 @@ class ProfileHandler:
             self.stage.forget(sorted(forgotten))
             if self.publisher is not None:
                 self.publisher.forget(sorted(forgotten))
+        return computed
 
     def flush(self) -> list[DecodedBatch]:
         """Called when the input is idle: settle the write in flight (and save the models when

@@ -102,6 +102,19 @@ def make_consumer(settings: Settings, group_id: str | None = None, **overrides: 
     return Consumer(conf)
 
 
+def take_batch(consumer: Consumer, n: int, timeout: float) -> list[Any]:
+    """The next micro-batch: up to `n` messages. Waits up to `timeout` s for the first one
+    only, then takes what the client has fetched meanwhile, so a batch holds what arrived
+    while the previous one was handled: one event or a few when the reader keeps up (no
+    wait added to their latency), up to `n` when it falls behind (large batches, the
+    cheapest per event). `Consumer.consume(n, timeout)` instead always waits `timeout`
+    unless `n` messages are there."""
+    first = consumer.poll(timeout)
+    if first is None:
+        return []
+    return [first, *consumer.consume(n - 1, 0)] if n > 1 else [first]
+
+
 def group_lag(
     settings: Settings, topics: list[str] | None = None, group_id: str | None = None
 ) -> dict[str, int]:

@@ -25,7 +25,7 @@ from streams.config import Settings
 from streams.contract import decode_event
 from streams.dedupe import Deduplicator, WindowLoader
 from streams.errors import Coordinates, DecodeError, FreshrecError
-from streams.kafka_io import make_consumer, make_producer
+from streams.kafka_io import make_consumer, make_producer, take_batch
 
 log = logging.getLogger("freshrec.worker")
 
@@ -218,9 +218,11 @@ class Worker:
 
     # ------------------------------------------------------------------ steps
     def _consume(self, n: int, timeout: float) -> list[Message]:
-        messages = self.consumer.consume(n, timeout)
+        """The next batch (`streams.kafka_io.take_batch`: up to `n` messages, waiting up to
+        `timeout` for the first only); `exact_batches`: `n` per batch (see `__init__`)."""
         if not self.exact_batches:
-            return messages
+            return take_batch(self.consumer, n, timeout)
+        messages = self.consumer.consume(n, timeout)
         while messages:
             real = sum(1 for m in messages if m.error() is None)
             if real >= n or any(m.error() is not None for m in messages):
