@@ -7,9 +7,8 @@ recommends for every changed user from the updated state. Candidate inputs that 
 workers also feed (co-visitation neighbours, trending) come from Redis in one pipelined
 read per batch, shared by the snapshot and the lists; the models (`scoring.Recommender`)
 learn each event with the context from before its batch, predict first and learn after,
-and skip an offset already learned. The worker computes and publishes a batch's lists
-before the models learn it (`lists(..., serve=False)`, `learn`, then `serve`), so the
-lists' model weights are one micro-batch behind their profiles.
+and skip an offset already learned; then the lists are computed from the updated profiles
+and the models that learned the batch.
 
 Both passes score all the batch's users at once (`Recommender.candidate_batch`): the
 events learn with candidates computed from the models as they were before the batch
@@ -292,13 +291,12 @@ class RecommendationStage:
             [(f"{topic}:{partition}", offset) for topic, partition, offset in coords],
         )
 
-    def lists(self, states: Mapping[str, UserState], serve: bool = True) -> dict[str, list[RecItem]]:
+    def lists(self, states: Mapping[str, UserState]) -> dict[str, list[RecItem]]:
         """Fresh top-K lists for the given (changed) users, from their current state (all of
         them scored in one `candidate_batch`), with the candidate read of the batch
         (`before_batch`, which read the items the batch made recent too; a user's recent
-        item it lacks is read now). `serve=False`: the lists are not yet the ones the
-        users' next events are scored against — call `serve` once they are (the worker
-        publishes a batch's lists before its events are learned and scored)."""
+        item it lacks is read now). They are the lists the users' next events are scored
+        against."""
         uids = list(states)
         contexts = [self.context(states[uid]) for uid in uids]
         covis, trending = self._batch_reads
@@ -308,15 +306,9 @@ class RecommendationStage:
             self._read_from = {i for c in contexts for i in c.recent_items}
         cs = self.recommender.candidate_batch(contexts, covis, trending)
         out = dict(zip(uids, self.recommender.recommend_batch(contexts, cs, self.config.k), strict=True))
-        if serve:
-            self.serve(out)
-        return out
-
-    def serve(self, lists: Mapping[str, list[RecItem]]) -> None:
-        """Remember `lists` as the ones in force for their users (what their next events
-        are scored against)."""
-        for uid, items in lists.items():
+        for uid, items in out.items():
             lru_put(self._served, uid, [item.item_id for item in items], self.config.max_users)
+        return out
 
     def forget(self, user_ids: Sequence[str]) -> None:
         for uid in user_ids:

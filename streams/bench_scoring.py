@@ -5,8 +5,8 @@
 Simulated events are decoded up front, then fed in micro-batches of `batch_max_events` through
 `ProfileUpdater.submit` with a `RecommendationStage` hooked in, exactly as
 `streams.handlers.ProfileHandler` drives them (batch protocol: contexts and the batch's one
-candidate read before the batch, a fresh list for every changed user, the batch's write
-awaited, then prequential scoring + learning of every event), minus publishing. The first
+candidate read before the batch, prequential scoring + learning of every event, a fresh
+list for every changed user, then the batch's write awaited), minus publishing. The first
 `--warmup` events go through the same path untimed (so the models and co-occurrence rows
 are not empty). Prints, per batch, the time of each stage and the events/s of the whole step:
 
@@ -134,13 +134,12 @@ def run_scoring_bench(
             coords, spans = partition_coords(chunk, offsets)
             t0 = time.perf_counter()
             submit(start, chunk, coords, spans)
-            # as the worker: the lists first (durable write, then published), then learning
-            triggers = {e.user_id: ("bench", c[1]) for e, c in zip(chunk, coords, strict=True)}
-            out = lists(updater.states_of(triggers), serve=False)
-            updater.flush()
+            # as the worker: learning, then the lists while the write runs, then the write awaited
             if protocol == "batch":
                 learn(chunk, coords)
-            stage.serve(out)
+            triggers = {e.user_id: ("bench", c[1]) for e, c in zip(chunk, coords, strict=True)}
+            out = lists(updater.states_of(triggers))
+            updater.flush()
             if started:
                 batch_s.append(time.perf_counter() - t0)
                 n_lists += len(out)

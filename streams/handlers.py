@@ -15,7 +15,6 @@ from profiles.store import RedisFeatureStore
 from profiles.updater import BatchOutcome, ProfileUpdater
 from profiles.user_state import ProfileConfig
 from scoring.recommender import Recommender, RecommenderConfig
-from scoring.types import RecItem
 from streams.checkpoint import CheckpointInfo, ModelCheckpoints
 from streams.config import Settings
 from streams.errors import ConfigError
@@ -194,12 +193,12 @@ class ProfileHandler:
         self.stats.record("redis_seconds", [time.perf_counter() - started], keep=1000)
         if self.stage is None:
             return self._record(done)
-        # lists first, published as soon as the batch's write is durable; then the models
-        # learn the batch (its events scored against the lists in force before it)
-        lists = self._lists_of(batch, coords)
-        durable = self._record(done + self.updater.flush())
+        # the models learn the batch (its events scored against the lists in force before
+        # it), then every changed user's list is computed while the batch's write runs in
+        # Redis, and published as soon as that write is durable
         self.stage.learn(batch.events, coords)
-        self.stage.serve(lists)
+        self._lists_of(batch, coords)
+        durable = self._record(done + self.updater.flush())
         self._maybe_checkpoint()
         return durable
 
@@ -258,10 +257,9 @@ class ProfileHandler:
             "checkpoint: %d events learned, %d bytes, %.3f s", info.events_learned, info.bytes, info.seconds
         )
 
-    def _lists_of(self, batch: DecodedBatch, coords: list[tuple[str, int, int]]) -> dict[str, list[RecItem]]:
+    def _lists_of(self, batch: DecodedBatch, coords: list[tuple[str, int, int]]) -> None:
         """The fresh lists of the users the batch changed, from their updated profiles and
-        the models as they were before the batch (published when the batch is durable, in
-        `_record`); returns them for `RecommendationStage.serve` once the batch is learned."""
+        the models that learned the batch (published when the batch is durable, in `_record`)."""
         assert self.stage is not None
         times = batch.event_times or [-1] * len(batch.events)  # -1: no Kafka timestamp
         triggers: dict[str, tuple[Event, tuple[str, int], int]] = {}
@@ -271,8 +269,7 @@ class ProfileHandler:
         states = self.updater.states_of({u: t[1] for u, t in triggers.items() if u not in forgotten})
         version = f"freshrec-0.1:learned={self.stage.recommender.events_learned}"
         lists = []
-        computed = self.stage.lists(states, serve=False)
-        for uid, items in computed.items():
+        for uid, items in self.stage.lists(states).items():
             if items:
                 event = triggers[uid][0]
                 lists.append(RecList(uid, [i.to_json() for i in items], event.event_id, event.ts, version))
@@ -281,7 +278,6 @@ class ProfileHandler:
             self.stage.forget(sorted(forgotten))
             if self.publisher is not None:
                 self.publisher.forget(sorted(forgotten))
-        return computed
 
     def flush(self) -> list[DecodedBatch]:
         """Called when the input is idle: settle the write in flight (and save the models when
