@@ -203,9 +203,7 @@ class RepeatModel:
         )
         return rates
 
-    def merge(
-        self, main: Sequence[int], items: IntArray, p: FloatArray, k: int
-    ) -> list[tuple[int, bool]]:
+    def merge(self, main: Sequence[int], items: IntArray, p: FloatArray, k: int) -> list[tuple[int, bool]]:
         """The first `k` of the main list (item indices, best first) and the repeat items
         merged by probability: [(item, is_repeat)], best first (ties: the main list's)."""
         n_main = min(len(main), k)

@@ -96,9 +96,7 @@ def test_merge_equals_a_plain_sort_by_probability() -> None:
 def test_rated_items_stay_excluded_and_lists_are_unchanged() -> None:
     """MovieLens protocol: every event is a `rate`, so every seen item stays excluded and the
     lists equal those without re-engagement."""
-    events = [
-        Interaction(ev.user_id, ev.item_id, ev.ts, "rate", 4.0) for ev in _funnel_events(800, seed=3)
-    ]
+    events = [Interaction(ev.user_id, ev.item_id, ev.ts, "rate", 4.0) for ev in _funnel_events(800, seed=3)]
     with_policy = Recommender(RecommenderConfig(dim=8, seed=4))
     without = Recommender(RecommenderConfig(dim=8, seed=4, rerank=RerankConfig(exclude_types=None)))
     a = replay(events, _items(), k=5, recommender=with_policy, harness=HarnessConfig(dim=8))
