@@ -213,15 +213,14 @@ class RepeatModel:
         every = np.concatenate((np.asarray(main[:n_main], np.int64), items))
         # stable: on equal probability the main list's item (listed first) stays ahead
         order = np.argsort(-probs, kind="stable")[:k]
-        # the main list keeps its own order among the slots it still has
-        main_slots = np.sort(order[~repeat[order]])
+        # the main list keeps its order: its first m items fill the m slots it keeps
         out: list[tuple[int, bool]] = []
         m = 0
         for o in order.tolist():
             if repeat[o]:
                 out.append((int(every[o]), True))
             else:
-                out.append((int(every[main_slots[m]]), False))
+                out.append((int(main[m]), False))
                 m += 1
         return out
 

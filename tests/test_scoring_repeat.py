@@ -76,6 +76,8 @@ def test_repeat_probability_is_calibrated() -> None:
 
 def test_merge_equals_a_plain_sort_by_probability() -> None:
     m = RepeatModel(RepeatConfig(slot_prior=0.05, slot_prior_events=1.0), exclude_types=())
+    m.slot_hits = np.array([0.5, 0.05, 0.2, 0.0, 0.1, 0.01])  # not monotone
+    m.slot_events = 10.0
     rng = np.random.default_rng(2)
     for _ in range(50):
         main = rng.choice(100, size=6, replace=False).tolist()
