@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from scoring.baselines import CovisitationBaseline, PopularityBaseline
+from scoring.breakdown import HitBreakdown
 from scoring.content import content_vector
 from scoring.decay import REBASE_HALF_LIVES, DecayedTop
 from scoring.metrics import PrequentialMetrics
@@ -292,6 +293,7 @@ def replay(
     in_candidates = 0
     t0 = time.perf_counter()
     zero = np.zeros((0, dim))
+    breakdown = HitBreakdown(names, k, hc.session_gap_s)
 
     def vecs(ids: Sequence[str]) -> FloatArray:
         rows = [vectors[i] for i in ids if i in vectors]
@@ -318,6 +320,7 @@ def replay(
             metrics[name].update(lst, ev.item_id, vecs(lst) if n % 10 == 0 else None)
             if is_cold:
                 cold[name].update(lst, ev.item_id)
+        breakdown.update(ev, seen, lists)
         if ev.type == "rate" and ev.value is not None:
             sq_err += (rec.predict_rating(ev.user_id, ev.item_id) - ev.value) ** 2
             n_rated += 1
@@ -337,6 +340,7 @@ def replay(
         "k": k,
         "metrics": {name: m.result(n_items) for name, m in metrics.items()},
         "cold_start": {name: m.result(n_items) for name, m in cold.items()},
+        "breakdown": breakdown.result(),
         "rmse": math.sqrt(sq_err / n_rated) if n_rated else None,
         "rated": n_rated,
         "candidate_recall": in_candidates / max(n_rec, 1),

@@ -55,6 +55,7 @@ from scoring.catalog import ItemCatalog
 from scoring.explore import SourceExplorer
 from scoring.knn import CoOccurrence
 from scoring.models import ImplicitMF, PairwiseRanker, RatingModel
+from scoring.repeat import RepeatConfig, RepeatModel, merge_lists
 from scoring.rerank import RerankConfig, RuleSet, select
 from scoring.types import (
     DEFAULT_TYPE_WEIGHTS,
@@ -159,6 +160,9 @@ class RecommenderConfig:
     #: 1 at or above `rating_strong`, `rating_weak_weight` below it
     rating_strong: float = 3.5
     rating_weak_weight: float = 0.5
+    #: re-engagement (scoring.repeat): the user's recent items the exclusion policy
+    #: (`rerank.exclude_types`) allows, merged into the list by calibrated probability
+    repeat: RepeatConfig = field(default_factory=RepeatConfig)
     explore: bool = True
     epsilon: float = 0.1
     negative_buffer: int = 10_000
@@ -194,6 +198,7 @@ class Recommender:
         self.histories: dict[str, NDArray[np.int64]] = {}
         self.explorer = SourceExplorer(cfg.epsilon, seed=cfg.seed)
         self.rules = RuleSet(cfg.rerank.rules)
+        self.repeat = RepeatModel(cfg.repeat, cfg.rerank.exclude_types if cfg.rerank.exclude_seen else None)
         self.offsets: dict[str, int] = {}
         self.events_learned = 0
         self._rng = np.random.default_rng(cfg.seed)
@@ -382,6 +387,9 @@ class Recommender:
         src_l = cs.source.tolist()
         for u in range(n_users):
             out[u] = [RecItem(ids[idx_l[p]], rel_l[p], SOURCES[src_l[p]]) for p in chosen[u].tolist()]
+        if self.repeat.exclude_types is not None:
+            out = merge_lists(self.repeat, [c.user_id for c in contexts], out,
+                              [idx[c].tolist() for c in chosen], ids, main_k, self._rule_mask)  # fmt: skip
         if not explore:
             return out
         free = allowed.copy()
@@ -505,11 +513,13 @@ class Recommender:
         weights = np.array([float(cfg.type_weights.get(events[j].type, 1.0)) for j in todo])
         reward = self.explorer.reward
         learn_rating = self.rating.learn
-        for j in todo:
+        learn_repeat = self.repeat.learn
+        for j, i in zip(todo, items, strict=True):
             if before_learn is not None:
                 before_learn(j)
             event = events[j]
             reward(event.user_id, event.item_id)
+            learn_repeat(event.user_id, i, event.type, event.ts)
             if event.type == "rate" and event.value is not None:
                 learn_rating(event.user_id, event.item_id, float(event.value))
         user_ids = [events[j].user_id for j in todo]
@@ -659,6 +669,11 @@ class Recommender:
         """Drop what the recommender remembers of one user (a `forget_user` event)."""
         self.histories.pop(user_id, None)
         self.explorer.pending.pop(user_id, None)
+        self.repeat.forget(user_id)
+
+    def _rule_mask(self, items: IntArray) -> NDArray[np.bool_]:
+        """Which of `items` the business rules keep."""
+        return self.rules.apply(self.catalog, items, np.ones(items.shape[0]))[0]
 
     # ---- checkpoints ------------------------------------------------------------------
 
@@ -676,6 +691,7 @@ class Recommender:
             "knn": self.knn,
             "histories": self.histories,
             "explorer": self.explorer,
+            "repeat": self.repeat,
             "rng": self._rng,
             "recent": (self._recent, self._recent_n),
         }
@@ -695,6 +711,7 @@ class Recommender:
         rec.knn = state["knn"]
         rec.histories = dict(state.get("histories", {}))
         rec.explorer = state["explorer"]
+        rec.repeat = state.get("repeat", rec.repeat)
         rec._rng = state["rng"]
         rec._recent, rec._recent_n = state["recent"]
         return rec

@@ -72,9 +72,16 @@ class Rule:
 
 @dataclass(frozen=True, slots=True)
 class RerankConfig:
-    """Re-ranking settings (`mmr_lambda` = 1.0 disables diversity)."""
+    """Re-ranking settings (`mmr_lambda` = 1.0 disables diversity).
+
+    Exclusion policy: with `exclude_seen`, the ranker's list never holds an item the user
+    interacted with; the user's recent items come back through the re-engagement source
+    (`scoring.repeat`) unless one of their events has a type in `exclude_types` (a bought
+    or rated item is never offered again; a viewed, clicked or carted one may be).
+    `exclude_types=None`: every seen item stays excluded (no re-engagement)."""
 
     exclude_seen: bool = True
+    exclude_types: tuple[str, ...] | None = ("purchase", "rate")
     mmr_lambda: float = 1.0
     mmr_pool: int = 50
     max_per_category: int | None = None

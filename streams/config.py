@@ -52,6 +52,9 @@ class Settings:
     trending_half_life_s: float = 86400.0
     feast_project: str = "freshrec"
     top_k: int = 10
+    #: event types whose items are never recommended again (comma-separated); the user's
+    #: other recent items may come back through the re-engagement source
+    exclude_types: str = "purchase,rate"
     recommend: bool = True
     prequential: str = "batch"
     metrics_port: int = 9400

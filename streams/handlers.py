@@ -15,6 +15,7 @@ from profiles.store import RedisFeatureStore
 from profiles.updater import BatchOutcome, ProfileUpdater
 from profiles.user_state import ProfileConfig
 from scoring.recommender import Recommender, RecommenderConfig
+from scoring.rerank import RerankConfig
 from streams.checkpoint import CheckpointInfo, ModelCheckpoints
 from streams.config import Settings
 from streams.errors import ConfigError
@@ -34,9 +35,15 @@ def recommender_config(settings: Settings) -> RecommenderConfig:
     features following the trending half-life (`FRESHREC_TRENDING_HALF_LIFE_S`, default
     1 day): long-term popularity 7x it (7 days by default), freshness 30x (30 days). Data
     that spans years (MovieLens: 1e10) thus gets all-time popularity, not the last week's
-    handful of ratings, as the in-memory harness's MovieLens settings do."""
+    handful of ratings, as the in-memory harness's MovieLens settings do. The exclusion
+    policy is `FRESHREC_EXCLUDE_TYPES` (`RerankConfig.exclude_types`)."""
     h = settings.trending_half_life_s
-    return RecommenderConfig(pop_half_life_s=7.0 * h, freshness_half_life_s=30.0 * h)
+    excluded = tuple(t.strip() for t in settings.exclude_types.split(",") if t.strip())
+    return RecommenderConfig(
+        pop_half_life_s=7.0 * h,
+        freshness_half_life_s=30.0 * h,
+        rerank=RerankConfig(exclude_types=excluded),
+    )
 
 
 def make_store(settings: Settings, client: redis.Redis | None = None) -> RedisFeatureStore:

@@ -55,16 +55,25 @@ def test_changed_users_get_fresh_lists_in_the_documented_format(settings):
         seen.setdefault(body["user_id"], set())
     # every user with events got at least one list
     assert set(last) == users
-    # lists exclude what the user had interacted with by the trigger event
+    # exclusion policy (RerankConfig.exclude_types): what the user bought by the trigger
+    # event is never in a list; other items they interacted with come back only through the
+    # re-engagement source
     by_user: dict[str, list[dict]] = {}
     for r in event_rows:
         by_user.setdefault(r["user_id"], []).append(r)
+    repeats = 0
     for msg in messages:
         body = json.loads(msg.value())
         history = by_user[body["user_id"]]
         upto = next(k for k, r in enumerate(history) if r["event_id"] == body["trigger_event_id"])
         interacted = {r["item_id"] for r in history[: upto + 1]}
-        assert not interacted & {i["item_id"] for i in body["items"]}
+        bought = {r["item_id"] for r in history[: upto + 1] if r["type"] == "purchase"}
+        assert not bought & {i["item_id"] for i in body["items"]}
+        for i in body["items"]:
+            if i["item_id"] in interacted:
+                assert i["source"] == "repeat"
+                repeats += 1
+    assert repeats > 0
 
 
 def test_recs_and_tail_show_the_latest_lists(settings, monkeypatch, capsys):
