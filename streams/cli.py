@@ -392,6 +392,9 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         ndcg = values.get(f'freshrec_prequential{{metric="ndcg",model="{model}"}}')
         if hr is not None and ndcg is not None:
             print(f"{model:<13} HR {hr:.3f}   NDCG {ndcg:.3f}")
+    drift = drift_line(values)
+    if drift:
+        print(drift)
     learned = values.get('freshrec_model{what="events_learned"}')
     if learned is not None:
         saved = values.get('freshrec_model{what="checkpoint_events_learned"}')
@@ -401,6 +404,33 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             last = f"last checkpoint at {saved:,.0f} ({size / 1e6:.1f} MB)"
         print(f"models: {learned:,.0f} events learned; {last}")
     return 0 if health["status"] == "ok" else 1
+
+
+def drift_line(values: dict[str, float]) -> str:
+    """One line of drift signals from the metrics (empty when the worker exports none): per
+    stream, drifts detected, the current estimate and the event time since the last drift.
+
+    >>> drift_line({'freshrec_drift_detected_total{model="freshrec",signal="hit"}': 2.0,
+    ...             'freshrec_drift_estimate{model="freshrec",signal="hit"}': 0.183,
+    ...             'freshrec_drift_seconds_since_last{model="freshrec",signal="hit"}': 5400.0,
+    ...             'freshrec_drift_detected_total{model="popularity",signal="hit"}': 0.0,
+    ...             'freshrec_drift_estimate{model="popularity",signal="hit"}': 0.14})
+    'drift (ADWIN): freshrec hit 2 (now 0.183, last 1.5 h ago)   popularity hit 0 (now 0.140)'
+    """
+    prefix = "freshrec_drift_detected_total{"
+    cells = []
+    for name, count in values.items():
+        if not name.startswith(prefix):
+            continue
+        labels = name[len(prefix) - 1 :]
+        model = labels.split('model="', 1)[1].split('"', 1)[0]
+        signal = labels.split('signal="', 1)[1].split('"', 1)[0]
+        cell = f"{model} {signal} {count:.0f} (now {values.get(f'freshrec_drift_estimate{labels}', 0.0):.3f}"
+        age = values.get(f"freshrec_drift_seconds_since_last{labels}")
+        if age is not None:
+            cell += f", last {age / 3600:.1f} h ago" if age >= 3600 else f", last {age:.0f} s ago"
+        cells.append(cell + ")")
+    return "drift (ADWIN): " + "   ".join(cells) if cells else ""
 
 
 def histogram_quantile(values: dict[str, float], name: str, q: float) -> float:
