@@ -178,6 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--rss-minutes", type=float, default=0.0, help="freshrec at 50%% load for M minutes: RSS"
     )
+    bench.add_argument(
+        "--rss-warmup-minutes", type=float, default=None,
+        help="RSS also reported from this minute of the RSS run on (default 2)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--workers", type=int, default=1,
+        help="N > 1: freshrec's events/s with 1 and with N worker processes in one consumer group",
+    )  # fmt: skip
+    bench.add_argument(
+        "--no-comparison", action="store_true",
+        help="skip ceiling / naive / freshrec; run only --scale, --rss-minutes, --workers",
+    )  # fmt: skip
     bench.set_defaults(func=cmd_bench, what=None)
     bench_sub = bench.add_subparsers(dest="what", required=False)
     consume = bench_sub.add_parser("consume", help="the hot loop: confluent-kafka worker vs a Faust agent")
@@ -513,14 +525,22 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         "events": args.events,
         "rate_share": args.rate_share,
         "load_s": args.load_seconds,
+        "rss_warmup_minutes": args.rss_warmup_minutes,
     }
     knobs = {k: v for k, v in knobs.items() if v is not None}
-    knobs |= {"scale": args.scale, "rss_minutes": args.rss_minutes}
+    knobs |= {
+        "scale": args.scale,
+        "rss_minutes": args.rss_minutes,
+        "workers": args.workers,
+        "comparison": not args.no_comparison,
+    }
     opts = BenchOptions.quick_run(**knobs) if args.quick else BenchOptions(**knobs)
     result = run_bench(settings, opts)
     print(format_table(result))
     _write_json(args.json_out, result)
-    if args.plot:
+    if args.plot and "ratios" not in result:
+        print("no plot: it draws the comparison (run without --no-comparison)")
+    elif args.plot:
         plot(result, args.plot)
         print(f"wrote {args.plot}")
     return 0
