@@ -190,6 +190,13 @@ class ImplicitMF:
         res[inside] = m[idx[inside]] @ u
         return res
 
+    def forget_user(self, user: str) -> None:
+        """Drop the user's factors (a returning user starts from fresh random ones)."""
+        self.model.u_latents.pop(user, None)
+
+    def n_users(self) -> int:
+        return len(self.model.u_latents)
+
 
 class RatingModel:
     """Explicit ratings: River BiasedMF, prediction clipped to [`low`, `high`].
@@ -244,6 +251,11 @@ class RatingModel:
     def learn(self, user: str, item: str, rating: float) -> None:
         self.model.learn_one(user, item, rating)
         self.n += 1
+
+    def forget_user(self, user: str) -> None:
+        """Drop the user's bias and factors (a returning user predicts from the item side)."""
+        self.model.u_biases.pop(user, None)
+        self.model.u_latents.pop(user, None)
 
 
 class Ranker:

@@ -50,6 +50,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
+from scoring.active_users import ActiveUsers
 from scoring.candidates import CandidateConfig, CandidateSet, generate
 from scoring.catalog import ItemCatalog
 from scoring.explore import SourceExplorer
@@ -192,6 +193,8 @@ class Recommender:
         #: user -> dense item indices of their last `knn_history` distinct items, most recent first
         self.histories: dict[str, NDArray[np.int64]] = {}
         self.explorer = SourceExplorer(cfg.epsilon, seed=cfg.seed)
+        #: the users whose state the models keep (`limit_users`; least recently active dropped)
+        self.active = ActiveUsers()
         self.rules = RuleSet(cfg.rerank.rules)
         self.offsets: dict[str, int] = {}
         self.events_learned = 0
@@ -453,6 +456,7 @@ class Recommender:
         from only (one pass, before the models change) and its steps run after the other
         models' (the models are independent; the random draws keep their order).
         `before_learn(j)` is called just before event j is learned (e.g. to score it)."""
+        self._drop_inactive()
         cfg = self.config
         cat = self.catalog
         cs = candidates
@@ -546,14 +550,37 @@ class Recommender:
         return own
 
     def forget(self, user_id: str) -> None:
-        """Drop what the recommender remembers of one user (a `forget_user` event)."""
+        """Drop what the recommender remembers of one user (a `forget_user` event): their
+        history, pending exploration, MF factors and rating bias/factors."""
+        self.active.discard(user_id)
+        self._drop_user(user_id)
+
+    def limit_users(self, cap: int) -> None:
+        """Keep per-user model state for at most `cap` users (0: no bound), the most
+        recently active: the others' state is dropped before the next learning, and such a
+        user comes back as a cold user (`scoring.active_users`)."""
+        self.active.limit(cap)
+
+    def users_in_models(self) -> int:
+        """Users the implicit MF holds factors for (it learns every event's user)."""
+        return self.mf.n_users()
+
+    def _drop_inactive(self) -> None:
+        for user in self.active.take_dropped():
+            self._drop_user(user)
+
+    def _drop_user(self, user_id: str) -> None:
         self.histories.pop(user_id, None)
         self.explorer.pending.pop(user_id, None)
+        self.mf.forget_user(user_id)
+        self.rating.forget_user(user_id)
 
     def _remember(self, user: str, item: int, history: IntArray) -> None:
         """Put `item` first in the user's remembered history (`knn_history` items, at most
-        `knn_history_users` users: the least recently active is dropped)."""
+        `knn_history_users` users: the least recently active is dropped), and mark the user
+        active (`limit_users`)."""
         cfg = self.config
+        self.active.touch(user)
         if cfg.knn_history > 0:
             self.histories.pop(user, None)  # re-inserted last: dict order = least recently active first
             self.histories[user] = np.concatenate(
@@ -584,6 +611,7 @@ class Recommender:
             "ranker": self.ranker,
             "knn": self.knn,
             "histories": self.histories,
+            "active": self.active,
             "explorer": self.explorer,
             "rng": self._rng,
             "recent": (self._recent, self._recent_n),
@@ -603,6 +631,8 @@ class Recommender:
         rec.ranker = state["ranker"]
         rec.knn = state["knn"]
         rec.histories = dict(state.get("histories", {}))
+        # (a checkpoint from before the bound: its MF users, in the order it met them)
+        rec.active = state.get("active") or ActiveUsers(users=rec.mf.model.u_latents)
         rec.explorer = state["explorer"]
         rec._rng = state["rng"]
         rec._recent, rec._recent_n = state["recent"]

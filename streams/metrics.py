@@ -70,7 +70,8 @@ class WorkerMetrics:
         )
         self.model = Gauge(
             "freshrec_model",
-            "Models: events learned, re-learned after a restore, last checkpoint's bytes and seconds",
+            "Models: events learned, re-learned after a restore, users held, last checkpoint's bytes and "
+            "seconds",
             ["what"],
             registry=r,
         )
@@ -139,6 +140,7 @@ class WorkerMetrics:
         stage = getattr(handler, "stage", None)
         if stage is not None:
             self.model.labels("events_learned").set(stage.recommender.events_learned)
+            self.model.labels("users").set(stage.recommender.users_in_models())
         if stage is not None and quality:
             for model, result in stage.metrics_result(max(len(stage.recommender.catalog), 1)).items():
                 for metric in ("hr", "ndcg"):
