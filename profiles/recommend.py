@@ -30,6 +30,7 @@ from profiles.lru import lru_put
 from profiles.store import RedisFeatureStore
 from profiles.updater import Coords
 from profiles.user_state import UserState
+from scoring.drift import DriftMonitor
 from scoring.metrics import PrequentialMetrics
 from scoring.recommender import Recommender
 from scoring.types import CandidateInputs, Interaction, NeighbourLists, RecItem, UserContext
@@ -50,6 +51,8 @@ class StageConfig:
     trending_k: int = 200
     recent_n: int = 10
     top_categories: int = 8
+    #: the latest per-event hits kept per model in `hits` (for rolling plots; 0: all)
+    hits_kept: int = 100_000
 
 
 @dataclass(slots=True)
@@ -78,8 +81,10 @@ class RecommendationStage:
         self.metrics = {name: PrequentialMetrics(k) for name in ("freshrec", "popularity", "covisitation")}
         self._squared_error = 0.0
         self._ratings = 0
-        #: per model, 1/0 per scored event in order (for rolling plots)
+        #: per model, 1/0 per scored event in order (the latest `hits_kept`; rolling plots)
         self.hits: dict[str, list[int]] = {name: [] for name in self.metrics}
+        #: ADWIN drift signals: each model's hit stream, the rating model's absolute error
+        self.drift = DriftMonitor()
 
     def add_items(self, items: Sequence[Item], vectors: Mapping[str, np.ndarray]) -> None:
         """Catalog records (content vectors as the profiles computed them)."""
@@ -184,13 +189,20 @@ class RecommendationStage:
     def _score(self, event: Event, served: list[str], popular: list[str], covisited: list[str]) -> None:
         """Score the event against each model's list (before anything learns from it)."""
         k = self.config.k
+        keep = self.config.hits_kept
         for name, shown in (("freshrec", served), ("popularity", popular), ("covisitation", covisited)):
             self.metrics[name].update(shown, event.item_id)
-            self.hits[name].append(1 if event.item_id in shown[:k] else 0)
+            hit = 1 if event.item_id in shown[:k] else 0
+            hits = self.hits[name]
+            hits.append(hit)
+            if keep and len(hits) >= 2 * keep:
+                del hits[:-keep]
+            self.drift.observe(name, "hit", float(hit), event.ts)
         if event.type == "rate" and event.value is not None:
             error = self.recommender.predict_rating(event.user_id, event.item_id) - event.value
             self._squared_error += error * error
             self._ratings += 1
+            self.drift.observe("rating", "abs_error", abs(error), event.ts)
 
     def learn(self, events: Sequence[Event], coords: Sequence[Coords]) -> int:
         """Score every event prequentially, then learn it with its user's context from before

@@ -76,6 +76,7 @@ class ImplicitMF:
         self._init = np.random.RandomState(seed)  # River's Normal initializer
         self.users: dict[str, int] = {}
         self.user_matrix: FloatArray = np.full((64, n_factors), np.nan)  # NaN: no factors yet
+        self._free_rows: list[int] = []  # rows of forgotten users, reused first
         self.item_matrix: FloatArray = np.zeros((64, n_factors))
         self.item_known: NDArray[np.bool_] = np.zeros(64, bool)
         self.steps = 0
@@ -143,9 +144,9 @@ class ImplicitMF:
         for k, user in enumerate(users):
             r = rows.get(user)
             if r is None:
-                r = rows[user] = len(rows)
+                r = rows[user] = self._free_rows.pop() if self._free_rows else len(rows)
             out[k] = r
-        n = len(rows)
+        n = len(rows) + len(self._free_rows)
         if n > self.user_matrix.shape[0]:
             grow = max(n, 2 * self.user_matrix.shape[0]) - self.user_matrix.shape[0]
             self.user_matrix = np.vstack([self.user_matrix, np.full((grow, self.n_factors), np.nan)])
@@ -192,6 +193,17 @@ class ImplicitMF:
         res = np.zeros(idx.shape[0])
         res[inside] = m[idx[inside]] @ u
         return res
+
+    def forget_user(self, user: str) -> None:
+        """Drop the user's factors (a returning user starts from fresh random ones); the
+        row is reused by the next new user, so the matrix stays as large as the users held."""
+        r = self.users.pop(user, None)
+        if r is not None:
+            self.user_matrix[r] = np.nan
+            self._free_rows.append(r)
+
+    def n_users(self) -> int:
+        return len(self.users)
 
 
 def _waves(users: IntArray, items: IntArray) -> IntArray:
@@ -264,6 +276,11 @@ class RatingModel:
     def learn(self, user: str, item: str, rating: float) -> None:
         self.model.learn_one(user, item, rating)
         self.n += 1
+
+    def forget_user(self, user: str) -> None:
+        """Drop the user's bias and factors (a returning user predicts from the item side)."""
+        self.model.u_biases.pop(user, None)
+        self.model.u_latents.pop(user, None)
 
 
 class Ranker:

@@ -50,6 +50,7 @@ from typing import Any, Final
 import numpy as np
 from numpy.typing import NDArray
 
+from scoring.active_users import ActiveUsers
 from scoring.candidates import CandidateConfig, CandidateSet, generate
 from scoring.catalog import ItemCatalog
 from scoring.explore import SourceExplorer
@@ -197,6 +198,8 @@ class Recommender:
         #: user -> dense item indices of their last `knn_history` distinct items, most recent first
         self.histories: dict[str, NDArray[np.int64]] = {}
         self.explorer = SourceExplorer(cfg.epsilon, seed=cfg.seed)
+        #: the users whose state the models keep (`limit_users`; least recently active dropped)
+        self.active = ActiveUsers()
         self.rules = RuleSet(cfg.rerank.rules)
         self.repeat = RepeatModel(cfg.repeat, cfg.rerank.exclude_types if cfg.rerank.exclude_seen else None)
         self.offsets: dict[str, int] = {}
@@ -465,6 +468,7 @@ class Recommender:
         change), the kNN pairs merged once. `before_learn(j)` is called just before event j
         is learned by the rating model and the exploration bandit (e.g. to score it: the
         other models learn after the loop)."""
+        self._drop_inactive()
         cfg = self.config
         cat = self.catalog
         cs = candidates
@@ -514,12 +518,14 @@ class Recommender:
         reward = self.explorer.reward
         learn_rating = self.rating.learn
         learn_repeat = self.repeat.learn
+        touch = self.active.touch
         for j, i in zip(todo, items, strict=True):
             if before_learn is not None:
                 before_learn(j)
             event = events[j]
             reward(event.user_id, event.item_id)
             learn_repeat(event.user_id, i, event.type, event.ts)
+            touch(event.user_id)
             if event.type == "rate" and event.value is not None:
                 learn_rating(event.user_id, event.item_id, float(event.value))
         user_ids = [events[j].user_id for j in todo]
@@ -666,10 +672,31 @@ class Recommender:
         return own
 
     def forget(self, user_id: str) -> None:
-        """Drop what the recommender remembers of one user (a `forget_user` event)."""
+        """Drop what the recommender remembers of one user (a `forget_user` event): their
+        history, pending exploration, MF factors and rating bias/factors."""
+        self.active.discard(user_id)
+        self._drop_user(user_id)
+
+    def limit_users(self, cap: int) -> None:
+        """Keep per-user model state for at most `cap` users (0: no bound), the most
+        recently active: the others' state is dropped before the next learning, and such a
+        user comes back as a cold user (`scoring.active_users`)."""
+        self.active.limit(cap)
+
+    def users_in_models(self) -> int:
+        """Users the implicit MF holds factors for (it learns every event's user)."""
+        return self.mf.n_users()
+
+    def _drop_inactive(self) -> None:
+        for user in self.active.take_dropped():
+            self._drop_user(user)
+
+    def _drop_user(self, user_id: str) -> None:
         self.histories.pop(user_id, None)
         self.explorer.pending.pop(user_id, None)
         self.repeat.forget(user_id)
+        self.mf.forget_user(user_id)
+        self.rating.forget_user(user_id)
 
     def _rule_mask(self, items: IntArray) -> NDArray[np.bool_]:
         """Which of `items` the business rules keep."""
@@ -690,6 +717,7 @@ class Recommender:
             "ranker": self.ranker,
             "knn": self.knn,
             "histories": self.histories,
+            "active": self.active,
             "explorer": self.explorer,
             "repeat": self.repeat,
             "rng": self._rng,
@@ -710,6 +738,8 @@ class Recommender:
         rec.ranker = state["ranker"]
         rec.knn = state["knn"]
         rec.histories = dict(state.get("histories", {}))
+        # (a checkpoint from before the bound: its MF users, in the order it met them)
+        rec.active = state.get("active") or ActiveUsers(users=rec.mf.users)
         rec.explorer = state["explorer"]
         rec.repeat = state.get("repeat", rec.repeat)
         rec._rng = state["rng"]

@@ -19,11 +19,15 @@ are `MEMORY USAGE` of the user's keys over a sample of the users of the pre-fill
 RSS and CPU of the worker process come from /proc.
 
 `--scale` adds freshrec's events/s and p99 as users (10k -> 1M) and items (1k -> 100k) grow;
-`--rss-minutes M` runs freshrec at 50% of its maximum for M minutes, sampling its RSS.
+`--rss-minutes M` runs freshrec at 50% of its maximum for M minutes, sampling its RSS;
+`--workers N` measures freshrec's events/s with 1 and with N `freshrec worker` processes in
+one consumer group on the same pre-filled events (scale-out). `--no-comparison` skips the
+three-pipeline comparison and runs only those extras.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import shutil
@@ -35,7 +39,7 @@ import tempfile
 import time
 import urllib.request
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -84,6 +88,12 @@ class BenchOptions:
     scale: bool = False
     scale_events: int = 20_000
     rss_minutes: float = 0.0
+    #: the first minutes of the RSS run left out of its post-warm-up figures
+    rss_warmup_minutes: float = 2.0
+    #: > 1: freshrec's events/s with 1 and with this many worker processes (scale-out)
+    workers: int = 1
+    #: the ceiling / naive / freshrec comparison (off: only --scale, --rss-minutes, --workers)
+    comparison: bool = True
     quick: bool = False
 
     @classmethod
@@ -111,6 +121,20 @@ def _free_port() -> int:
         sock.bind(("127.0.0.1", 0))
         port: int = sock.getsockname()[1]
         return port
+
+
+class GroupSampler:
+    """RSS and CPU time summed over several worker processes (`ProcessSampler.now`)."""
+
+    def __init__(self, samplers: Sequence[ProcessSampler]) -> None:
+        self.samplers = list(samplers)
+
+    def now(self) -> tuple[int, float]:
+        rss, cpu = 0, 0.0
+        for sampler in self.samplers:
+            r, c = sampler.now()
+            rss, cpu = rss + r, cpu + c
+        return rss, cpu
 
 
 class WorkerProcess:
@@ -186,6 +210,8 @@ class PipelineRun:
     progress: GroupProgress | None = None
     repo: Path | None = None
     restarts: int = 0
+    #: further freshrec workers in the same consumer group (`start(workers=N)`)
+    others: list[WorkerProcess] = field(default_factory=list)
     client: redis.Redis = field(init=False)
 
     @classmethod
@@ -205,8 +231,9 @@ class PipelineRun:
         from streams.bench_consume import _cleanup
         from streams.bench_profiles import _drop
 
-        if self.worker is not None:
-            self.worker.stop()
+        for worker in [self.worker, *self.others]:
+            if worker is not None:
+                worker.stop()
         if self.progress is not None:
             self.progress.close()
         _cleanup(self.settings, [self.settings.group_id])
@@ -217,8 +244,11 @@ class PipelineRun:
 
     # ------------------------------------------------------------------ set-up
     def fill(
-        self, catalog: list[tuple[bytes | None, bytes]], events: list[tuple[bytes | None, bytes]]
+        self,
+        catalog: list[tuple[bytes | None, bytes]],
+        events: list[tuple[bytes | None, bytes]] | None,
     ) -> None:
+        """The catalog, then the events (`None`: the catalog only, see `fill_events`)."""
         from streams.ingest import produce
 
         s = self.settings
@@ -228,27 +258,81 @@ class PipelineRun:
             from streams.bench_naive import prepare_feast_repo
 
             self.repo = prepare_feast_repo(s, self.workdir / s.feast_project)
-        report = produce(s, s.topic_events, events)
+        if events is not None:
+            self.fill_events(events)
+
+    def fill_events(self, events: list[tuple[bytes | None, bytes]]) -> None:
+        from streams.ingest import produce
+
+        report = produce(self.settings, self.settings.topic_events, events)
         self.say(f"{self.kind}: {report.sent:,} events pre-filled in {report.seconds:.1f} s")
 
-    def start(self) -> None:
+    def start(self, workers: int = 1) -> None:
+        """The worker process (freshrec: `workers` of them in the consumer group, each with
+        its own FRESHREC_WORKER_ID, so its own model checkpoint, and its own metrics port)."""
         log = self.workdir / f"{self.settings.group_id}.log"
-        self.worker = WorkerProcess(self.kind, self.settings, log, self.repo)
+        if workers <= 1:
+            self.worker = WorkerProcess(self.kind, self.settings, log, self.repo)
+        else:
+            procs = [
+                WorkerProcess(
+                    self.kind,
+                    dataclasses.replace(
+                        self.settings,
+                        worker_id=f"bench-w{n}",
+                        metrics_port=self.settings.metrics_port if n == 0 else _free_port(),
+                    ),
+                    self.workdir / f"{self.settings.group_id}-w{n}.log",
+                    self.repo,
+                )
+                for n in range(workers)
+            ]
+            self.worker, self.others = procs[0], procs[1:]
         if self.progress is None:
             self.progress = GroupProgress(self.settings, self.settings.topic_events, self.settings.group_id)
 
+    @property
+    def sampler(self) -> ProcessSampler | GroupSampler:
+        """RSS and CPU of the pipeline's worker process(es)."""
+        assert self.worker is not None
+        if not self.others:
+            return self.worker.sampler
+        return GroupSampler([w.sampler for w in (self.worker, *self.others)])
+
+    def wait_for_members(self, n: int, timeout_s: float = 120.0) -> float:
+        """Wait until the consumer group has `n` members, each with partitions assigned;
+        returns the seconds waited."""
+        from streams.kafka_io import admin
+
+        client = admin(self.settings)
+        began = time.monotonic()
+        while time.monotonic() - began < timeout_s:
+            if not self._alive():
+                raise FreshrecError(f"{self.kind}: a worker exited before joining its group")
+            future = client.describe_consumer_groups([self.settings.group_id])[self.settings.group_id]
+            try:
+                members = future.result(10).members
+            except Exception:  # noqa: BLE001 - the group may not exist yet
+                members = []
+            assigned = [m for m in members if m.assignment and m.assignment.topic_partitions]
+            if len(members) == n and len(assigned) == n:
+                return time.monotonic() - began
+            time.sleep(0.5)
+        raise FreshrecError(f"{self.kind}: the group did not reach {n} members in {timeout_s:.0f} s")
+
     def _alive(self) -> bool:
         assert self.worker is not None
-        if not self.worker.alive():
-            self.say(f"{self.kind}: worker exited; its log ends with:\n{self.worker.log_tail()}")
-            return False
+        for worker in (self.worker, *self.others):
+            if not worker.alive():
+                self.say(f"{self.kind}: worker exited; its log ends with:\n{worker.log_tail()}")
+                return False
         return True
 
     # ------------------------------------------------------------------ phases
     def max_throughput(self, target: int, cap_s: float) -> dict[str, Any]:
         """Sustained events/s on the pre-filled topic; moves past what is left after the cap."""
         assert self.worker is not None and self.progress is not None
-        samples = watch(self.progress, self.worker.sampler, target, cap_s, self._alive)
+        samples = watch(self.progress, self.sampler, target, cap_s, self._alive)
         tp = sustained(samples, target)
         self.say(
             f"{self.kind}: {tp.events_per_s:,.0f} events/s sustained ({tp.counted:,} events in "
@@ -294,7 +378,9 @@ class PipelineRun:
         from streams.kafka_io import admin
 
         assert self.worker is not None and self.progress is not None
-        self.worker.stop()
+        workers = [self.worker, *self.others]
+        for worker in workers:
+            worker.stop()
         ends = self.progress.ends()
         tps = [TopicPartition(self.settings.topic_events, p, off) for p, off in ends.items()]
         request = [ConsumerGroupTopicPartitions(self.settings.group_id, tps)]
@@ -302,7 +388,7 @@ class PipelineRun:
         for future in client.alter_consumer_group_offsets(request).values():
             future.result(30)
         self.restarts += 1
-        self.start()
+        self.start(len(workers))
         self.say(f"{self.kind}: backlog skipped; worker restarted")
 
     def loads(
@@ -395,12 +481,17 @@ def run_pipeline(
     workdir: Path,
     say: Say,
     fractions: Sequence[float] | None = None,
+    started: PipelineRun | None = None,
 ) -> dict[str, Any]:
-    """Pre-fill, maximum, offered loads, Redis bytes and RSS of one pipeline."""
+    """Pre-fill, maximum, offered loads, Redis bytes and RSS of one pipeline (`started`: a
+    run whose worker already waits on its empty topic, see `start_early`; it is closed here)."""
     cap = opts.naive_cap_s if kind == "naive" else opts.cap_s
-    with PipelineRun.create(kind, base, workdir, say) as run:
-        run.fill(catalog, pool.messages(0, prefill))
-        run.start()
+    with _entered(started) if started else PipelineRun.create(kind, base, workdir, say) as run:
+        if started is None:
+            run.fill(catalog, pool.messages(0, prefill))
+            run.start()
+        else:
+            run.fill_events(pool.messages(0, prefill))
         result: dict[str, Any] = {"events": prefill} | run.max_throughput(prefill, cap)
         users = pool.users(0, prefill)
         result["active_users"] = len(users)
@@ -423,6 +514,38 @@ def run_pipeline(
         result["rss_mb"] = run.worker.sampler.peak_mb()
         result["restarts"] = run.restarts
         return result
+
+
+@contextlib.contextmanager
+def _entered(run: PipelineRun) -> Iterator[PipelineRun]:
+    """A run already entered (`start_early`), closed on leaving."""
+    try:
+        yield run
+    finally:
+        run.__exit__(None, None, None)
+
+
+def start_early(
+    base: Settings, catalog: list[tuple[bytes | None, bytes]], workdir: Path, say: Say
+) -> dict[str, PipelineRun]:
+    """The quick run's set-up: every pipeline's topics, catalog and worker process at once,
+    each worker waiting on its empty events topic until it holds its partitions, so their
+    start-ups (the naive worker's Feast import and `apply`, ~6 s and more) overlap instead of
+    adding up. Each pipeline is then measured alone as in a full run: its events are produced
+    when its turn comes (the throughput window starts at its first commit either way)."""
+    runs: dict[str, PipelineRun] = {}
+    try:
+        for kind in PIPELINES:
+            run = runs[kind] = PipelineRun.create(kind, base, workdir, say).__enter__()
+            run.fill(catalog, None)
+            run.start()
+        for kind, run in runs.items():
+            say(f"{kind}: worker ready after {run.wait_for_members(1):.1f} s more")
+    except BaseException:
+        for run in runs.values():
+            run.__exit__(None, None, None)
+        raise
+    return runs
 
 
 def scale_points(opts: BenchOptions) -> list[tuple[int, int]]:
@@ -498,6 +621,8 @@ def run_rss(
         if not series:
             raise FreshrecError("no RSS samples during the RSS run")
         first, last, peak = series[0][1], series[-1][1], max(mb for _, mb in series)
+        warm = [(t, mb) for t, mb in series if t >= 60.0 * opts.rss_warmup_minutes] or series[-1:]
+        warm_first, warm_peak = warm[0][1], max(mb for _, mb in warm)
         return {
             "minutes": opts.rss_minutes,
             "offered_per_s": rate,
@@ -509,13 +634,76 @@ def run_rss(
             "growth_pct": 100.0 * (last - first) / first,
             "max_over_first_pct": 100.0 * (peak - first) / first,
             "flat_within_10pct": peak <= 1.1 * first and abs(last - first) <= 0.1 * first,
+            "warmup_minutes": opts.rss_warmup_minutes,
+            "after_warmup_first_mb": warm_first,
+            "after_warmup_max_mb": warm_peak,
+            "after_warmup_growth_pct": 100.0 * (last - warm_first) / warm_first,
+            "after_warmup_max_over_first_pct": 100.0 * (warm_peak - warm_first) / warm_first,
+            "after_warmup_flat_within_10pct": warm_peak <= 1.1 * warm_first
+            and abs(last - warm_first) <= 0.1 * warm_first,
             "latency_ms": percentiles(outputs.latencies(report.started_ms)),
             "events_sent": report.sent,
             "recycled": opts.events + report.sent > len(pool),
             "users_seen_at_start": len(pool.users(0, opts.events)),
             "users_seen_at_end": len(pool.users(0, opts.events + report.sent)),
+            "model_users_at_end": _model_users(run.settings),
             "samples_mb": every,
         }
+
+
+def run_scale_out(
+    base: Settings,
+    opts: BenchOptions,
+    pool: EventPool,
+    catalog: list[tuple[bytes | None, bytes]],
+    workdir: Path,
+    say: Say,
+) -> dict[str, Any]:
+    """freshrec's sustained events/s with 1 and with `opts.workers` worker processes in one
+    consumer group, each on fresh topics with the same pre-filled events. The workers start
+    first and the events are produced once every one of them holds partitions, so the
+    figure is the group's steady pace, not its join."""
+    runs = []
+    for n in sorted({1, opts.workers}):
+        say(f"workers: {n} freshrec worker(s), {base.partitions} partitions")
+        with PipelineRun.create("freshrec", base, workdir, say) as run:
+            run.fill(catalog, None)
+            run.start(workers=n)
+            joined = run.wait_for_members(n)
+            run.fill_events(pool.messages(0, opts.events))
+            tp = run.max_throughput(opts.events, opts.cap_s)
+            runs.append(
+                {
+                    "workers": n,
+                    "joined_s": joined,
+                    "events_per_s": tp["events_per_s"],
+                    "events_measured": tp["events_measured"],
+                    "caught_up": tp["caught_up"],
+                    "cpu_pct": tp["cpu_pct"],
+                    "cpu_ms_per_1k_events": tp["cpu_ms_per_1k_events"],
+                    "rss_mb": run.sampler.now()[0] / 1e6,
+                }
+            )
+    one, many = runs[0], runs[-1]
+    return {
+        "partitions": base.partitions,
+        "runs": runs,
+        "ratio": many["events_per_s"] / one["events_per_s"] if one["events_per_s"] else 0.0,
+    }
+
+
+def _model_users(settings: Settings) -> int | None:
+    """Users in the freshrec worker's model, from its metrics (None: not exported)."""
+    url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            text = response.read().decode()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith('freshrec_model{what="users"}'):
+            return int(float(line.rsplit(" ", 1)[1]))
+    return None
 
 
 def run_bench(settings: Settings, opts: BenchOptions, say: Say | None = None) -> dict[str, Any]:
@@ -545,16 +733,28 @@ def run_bench(settings: Settings, opts: BenchOptions, say: Say | None = None) ->
     prefill = {"ceiling": opts.ceiling_events, "naive": opts.naive_events, "freshrec": opts.events}
     with tempfile.TemporaryDirectory(prefix="freshrec-bench-") as tmp:
         workdir = Path(tmp)
-        for kind in PIPELINES:
-            say(f"{kind}: starting")
-            result[kind] = run_pipeline(kind, settings, pool, catalog, prefill[kind], opts, workdir, say)
-        fr, ceiling, naive = (result[k]["events_per_s"] for k in ("freshrec", "ceiling", "naive"))
-        result["ratios"] = {"freshrec_vs_ceiling": fr / ceiling, "freshrec_vs_naive": fr / naive}
+        fr = None
+        if opts.comparison:
+            early = start_early(settings, catalog, workdir, say) if opts.quick else {}
+            try:
+                for kind in PIPELINES:
+                    say(f"{kind}: starting")
+                    result[kind] = run_pipeline(
+                        kind, settings, pool, catalog, prefill[kind], opts, workdir, say,
+                        started=early.pop(kind, None),
+                    )  # fmt: skip
+            finally:
+                for run in early.values():
+                    run.__exit__(None, None, None)
+            fr, ceiling, naive = (result[k]["events_per_s"] for k in ("freshrec", "ceiling", "naive"))
+            result["ratios"] = {"freshrec_vs_ceiling": fr / ceiling, "freshrec_vs_naive": fr / naive}
+        if opts.workers > 1:
+            result["workers"] = run_scale_out(settings, opts, pool, catalog, workdir, say)
         if opts.scale:
             result["scale"] = run_scale(settings, opts, workdir, say)
         if opts.rss_minutes > 0:
             result["rss"] = run_rss(settings, opts, workload, fr, workdir, say)
-    result["targets"] = targets(result)
+    result["targets"] = targets(result) if opts.comparison else {}
     result["config"]["loadavg_at_end"] = list(os.getloadavg())
     result["seconds"] = time.monotonic() - started
     return result
@@ -603,57 +803,79 @@ def format_table(result: dict[str, Any]) -> str:
         f"each pipeline; {cfg['partitions']} partitions, batches of <= {cfg['batch_max_events']:,}; "
         f"{cfg['cpus']} CPUs, load average {cfg['loadavg_at_start'][0]:.1f} at start",
     ]
-    head = (
-        f"{'pipeline':<9} {'events/s':>9} {'events':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
-        f"{'Redis B/user':>12} {'RSS MB':>7} {'CPU %':>6} {'CPU ms/1k':>9}"
-    )
-    lines += [head, "-" * len(head)]
-    for kind in PIPELINES:
-        r = result[kind]
-        lat = r["latency_ms"]
-        lines.append(
-            f"{kind:<9} {r['events_per_s']:>9,.0f} {r['events_measured']:>8,} {lat['p50']:>8,.1f} "
-            f"{lat['p95']:>8,.1f} {lat['p99']:>8,.1f} {r['redis_bytes_per_user']:>12,.0f} "
-            f"{r['rss_mb']:>7,.0f} {r['cpu_pct']:>6.0f} {r['cpu_ms_per_1k_events']:>9,.0f}"
+    if "ratios" in result:
+        head = (
+            f"{'pipeline':<9} {'events/s':>9} {'events':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
+            f"{'Redis B/user':>12} {'RSS MB':>7} {'CPU %':>6} {'CPU ms/1k':>9}"
         )
-    lines.append("latency: event sent -> output appended, at 50% of each pipeline's own maximum; by load:")
-    for kind in PIPELINES:
-        cells = [
-            f"{lv['fraction']:.0%} ({lv['achieved_per_s']:,.0f}/s): p50 {lv['latency_ms']['p50']:,.0f} "
-            f"p99 {lv['latency_ms']['p99']:,.0f} ms{'' if lv['drained'] else ' NOT DRAINED'}"
-            for lv in result[kind]["loads"]
-        ]
-        lines.append(f"  {kind:<9} " + "; ".join(cells))
-    fr = result["freshrec"]
-    if "lists" in fr:
-        lines.append(
-            f"freshrec lists: {fr['lists']:,} for {fr['events']:,} events, "
-            f"{fr['users_with_list_share']:.1%} of {fr['active_users']:,} active users got one"
-            + (
-                f"; {fr['batches']:,} micro-batches of {fr['events_per_batch']:,.0f} events"
-                if fr.get("batches")
-                else ""
+        lines += [head, "-" * len(head)]
+        for kind in PIPELINES:
+            r = result[kind]
+            lat = r["latency_ms"]
+            lines.append(
+                f"{kind:<9} {r['events_per_s']:>9,.0f} {r['events_measured']:>8,} {lat['p50']:>8,.1f} "
+                f"{lat['p95']:>8,.1f} {lat['p99']:>8,.1f} {r['redis_bytes_per_user']:>12,.0f} "
+                f"{r['rss_mb']:>7,.0f} {r['cpu_pct']:>6.0f} {r['cpu_ms_per_1k_events']:>9,.0f}"
             )
+        lines.append(
+            "latency: event sent -> output appended, at 50% of each pipeline's own maximum; by load:"
         )
-    ratios = result["ratios"]
-    lines.append(
-        f"freshrec / ceiling: {ratios['freshrec_vs_ceiling']:.3f}x events/s; "
-        f"freshrec / naive: {ratios['freshrec_vs_naive']:.1f}x events/s (same run)"
-    )
+        for kind in PIPELINES:
+            cells = [
+                f"{lv['fraction']:.0%} ({lv['achieved_per_s']:,.0f}/s): p50 {lv['latency_ms']['p50']:,.0f} "
+                f"p99 {lv['latency_ms']['p99']:,.0f} ms{'' if lv['drained'] else ' NOT DRAINED'}"
+                for lv in result[kind]["loads"]
+            ]
+            lines.append(f"  {kind:<9} " + "; ".join(cells))
+        fr = result["freshrec"]
+        if "lists" in fr:
+            lines.append(
+                f"freshrec lists: {fr['lists']:,} for {fr['events']:,} events, "
+                f"{fr['users_with_list_share']:.1%} of {fr['active_users']:,} active users got one"
+                + (
+                    f"; {fr['batches']:,} micro-batches of {fr['events_per_batch']:,.0f} events"
+                    if fr.get("batches")
+                    else ""
+                )
+            )
+        ratios = result["ratios"]
+        lines.append(
+            f"freshrec / ceiling: {ratios['freshrec_vs_ceiling']:.3f}x events/s; "
+            f"freshrec / naive: {ratios['freshrec_vs_naive']:.1f}x events/s (same run)"
+        )
     for point in result.get("scale", []):
         lines.append(
             f"scale {point['users']:>9,} users {point['items']:>7,} items: "
             f"{point['events_per_s']:>7,.0f} events/s, p99 {point['latency_ms']['p99']:>7,.0f} ms at 50%, "
             f"{point['active_users']:,} active users, RSS {point['rss_mb']:,.0f} MB"
         )
+    if "workers" in result:
+        w = result["workers"]
+        cells = [
+            f"{r['workers']} worker(s) {r['events_per_s']:,.0f} events/s (CPU {r['cpu_pct']:.0f}%, "
+            f"{r['cpu_ms_per_1k_events']:,.0f} ms/1k events{'' if r['caught_up'] else ', time cap'})"
+            for r in w["runs"]
+        ]
+        lines.append(
+            f"scale-out on {w['partitions']} partitions: " + "; ".join(cells) + f"; ratio {w['ratio']:.2f}x"
+        )
     if "rss" in result:
         r = result["rss"]
+        model_users = r.get("model_users_at_end")
         lines.append(
-            f"RSS over {r['minutes']:g} min at {r['achieved_per_s']:,.0f} events/s: first "
-            f"{r['first_mb']:,.0f} MB, last {r['last_mb']:,.0f} MB, max {r['max_mb']:,.0f} MB "
-            f"({'flat' if r['flat_within_10pct'] else 'NOT flat'} within 10%); users seen "
+            f"RSS over {r['minutes']:g} min at {r['achieved_per_s']:,.0f} events/s: start "
+            f"{r['first_mb']:,.0f} MB, end {r['last_mb']:,.0f} MB ({r['growth_pct']:+.1f}%), max "
+            f"{r['max_mb']:,.0f} MB ({r['max_over_first_pct']:+.1f}%): "
+            f"{'flat' if r['flat_within_10pct'] else 'NOT flat'} within 10%; users seen "
             f"{r['users_seen_at_start']:,} -> {r['users_seen_at_end']:,}"
+            + ("" if model_users is None else f" ({model_users:,} in the models at the end)")
             + ("; the stream repeated itself (no new users) at its end" if r["recycled"] else "")
+        )
+        lines.append(
+            f"RSS after the first {r['warmup_minutes']:g} min: start {r['after_warmup_first_mb']:,.0f} MB, "
+            f"end {r['last_mb']:,.0f} MB ({r['after_warmup_growth_pct']:+.1f}%), max "
+            f"{r['after_warmup_max_mb']:,.0f} MB ({r['after_warmup_max_over_first_pct']:+.1f}%): "
+            f"{'flat' if r['after_warmup_flat_within_10pct'] else 'NOT flat'} within 10%"
         )
     for name, t in result["targets"].items():
         met = {True: "met", False: "MISSED", None: "not measured here"}[t["met"]]

@@ -178,6 +178,18 @@ def build_parser() -> argparse.ArgumentParser:
     bench.add_argument(
         "--rss-minutes", type=float, default=0.0, help="freshrec at 50%% load for M minutes: RSS"
     )
+    bench.add_argument(
+        "--rss-warmup-minutes", type=float, default=None,
+        help="RSS also reported from this minute of the RSS run on (default 2)",
+    )  # fmt: skip
+    bench.add_argument(
+        "--workers", type=int, default=1,
+        help="N > 1: freshrec's events/s with 1 and with N worker processes in one consumer group",
+    )  # fmt: skip
+    bench.add_argument(
+        "--no-comparison", action="store_true",
+        help="skip ceiling / naive / freshrec; run only --scale, --rss-minutes, --workers",
+    )  # fmt: skip
     bench.set_defaults(func=cmd_bench, what=None)
     bench_sub = bench.add_subparsers(dest="what", required=False)
     consume = bench_sub.add_parser("consume", help="the hot loop: confluent-kafka worker vs a Faust agent")
@@ -392,6 +404,9 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
         ndcg = values.get(f'freshrec_prequential{{metric="ndcg",model="{model}"}}')
         if hr is not None and ndcg is not None:
             print(f"{model:<13} HR {hr:.3f}   NDCG {ndcg:.3f}")
+    drift = drift_line(values)
+    if drift:
+        print(drift)
     learned = values.get('freshrec_model{what="events_learned"}')
     if learned is not None:
         saved = values.get('freshrec_model{what="checkpoint_events_learned"}')
@@ -401,6 +416,33 @@ def cmd_status(settings: Settings, args: argparse.Namespace) -> int:
             last = f"last checkpoint at {saved:,.0f} ({size / 1e6:.1f} MB)"
         print(f"models: {learned:,.0f} events learned; {last}")
     return 0 if health["status"] == "ok" else 1
+
+
+def drift_line(values: dict[str, float]) -> str:
+    """One line of drift signals from the metrics (empty when the worker exports none): per
+    stream, drifts detected, the current estimate and the event time since the last drift.
+
+    >>> drift_line({'freshrec_drift_detected_total{model="freshrec",signal="hit"}': 2.0,
+    ...             'freshrec_drift_estimate{model="freshrec",signal="hit"}': 0.183,
+    ...             'freshrec_drift_seconds_since_last{model="freshrec",signal="hit"}': 5400.0,
+    ...             'freshrec_drift_detected_total{model="popularity",signal="hit"}': 0.0,
+    ...             'freshrec_drift_estimate{model="popularity",signal="hit"}': 0.14})
+    'drift (ADWIN): freshrec hit 2 (now 0.183, last 1.5 h ago)   popularity hit 0 (now 0.140)'
+    """
+    prefix = "freshrec_drift_detected_total{"
+    cells = []
+    for name, count in values.items():
+        if not name.startswith(prefix):
+            continue
+        labels = name[len(prefix) - 1 :]
+        model = labels.split('model="', 1)[1].split('"', 1)[0]
+        signal = labels.split('signal="', 1)[1].split('"', 1)[0]
+        cell = f"{model} {signal} {count:.0f} (now {values.get(f'freshrec_drift_estimate{labels}', 0.0):.3f}"
+        age = values.get(f"freshrec_drift_seconds_since_last{labels}")
+        if age is not None:
+            cell += f", last {age / 3600:.1f} h ago" if age >= 3600 else f", last {age:.0f} s ago"
+        cells.append(cell + ")")
+    return "drift (ADWIN): " + "   ".join(cells) if cells else ""
 
 
 def histogram_quantile(values: dict[str, float], name: str, q: float) -> float:
@@ -483,14 +525,22 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         "events": args.events,
         "rate_share": args.rate_share,
         "load_s": args.load_seconds,
+        "rss_warmup_minutes": args.rss_warmup_minutes,
     }
     knobs = {k: v for k, v in knobs.items() if v is not None}
-    knobs |= {"scale": args.scale, "rss_minutes": args.rss_minutes}
+    knobs |= {
+        "scale": args.scale,
+        "rss_minutes": args.rss_minutes,
+        "workers": args.workers,
+        "comparison": not args.no_comparison,
+    }
     opts = BenchOptions.quick_run(**knobs) if args.quick else BenchOptions(**knobs)
     result = run_bench(settings, opts)
     print(format_table(result))
     _write_json(args.json_out, result)
-    if args.plot:
+    if args.plot and "ratios" not in result:
+        print("no plot: it draws the comparison (run without --no-comparison)")
+    elif args.plot:
         plot(result, args.plot)
         print(f"wrote {args.plot}")
     return 0

@@ -69,6 +69,8 @@ def run_evaluate(settings: Settings, args: argparse.Namespace) -> dict[str, Any]
             produce(s, s.topic_items, encode_rows(items, "item_id"))
         sent = _produce_events(s, args)
         handler = ProfileHandler(s, recommend=True, checkpoints=False)
+        if handler.stage is not None:
+            handler.stage.config.hits_kept = 0  # the rolling plot reads every event's hit
         worker = Worker(s, handler, exact_batches=True)
 
         bar = progress_bar(sent, "evaluating")

@@ -147,6 +147,7 @@ class ProfileHandler:
                         restored[1].worker_id, restored[1].events_learned, restored[1].offsets,
                         restored[1].seconds,
                     )  # fmt: skip
+            recommender.limit_users(settings.user_cache_max)  # per-user model state, as the caches
             self.stage = RecommendationStage(
                 self.store,
                 recommender,

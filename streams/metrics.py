@@ -3,8 +3,10 @@
 `GET /metrics` — Prometheus text format: events/s (as counters), batch sizes, consumer lag,
 dead letters, Redis apply time, freshness (batch pulled -> lists handed to the producer),
 end-to-end freshness (the triggering event's Kafka timestamp -> its list delivered), lists
-published, the prequential HR/NDCG of freshrec and the baselines, and the models' progress
-(events learned, re-learned after a restore, last checkpoint).
+published, the prequential HR/NDCG of freshrec and the baselines, drift signals (ADWIN on each
+model's hit stream and on the rating model's absolute error: drifts detected, the current
+estimate, event time since the last drift), and the models' progress (events learned,
+re-learned after a restore, last checkpoint).
 `GET /healthz` — JSON: `{"status": "ok"|"stale", "last_batch_age_s", "events", ...}`;
 "stale" (HTTP 503) when the worker has input but handled no batch for `stale_after_s`.
 `freshrec status` prints one screen from both.
@@ -68,10 +70,31 @@ class WorkerMetrics:
         )
         self.model = Gauge(
             "freshrec_model",
-            "Models: events learned, re-learned after a restore, last checkpoint's bytes and seconds",
+            "Models: events learned, re-learned after a restore, users held, last checkpoint's bytes and "
+            "seconds",
             ["what"],
             registry=r,
         )
+        self.drift_detected = Counter(
+            "freshrec_drift_detected",
+            "Drifts ADWIN detected in a prequential stream (model: freshrec, popularity, covisitation "
+            "with signal=hit; rating with signal=abs_error)",
+            ["model", "signal"],
+            registry=r,
+        )
+        self.drift_estimate = Gauge(
+            "freshrec_drift_estimate",
+            "The drift detector's current estimate: the mean of its window (hit rate, mean |error|)",
+            ["model", "signal"],
+            registry=r,
+        )
+        self.drift_age = Gauge(
+            "freshrec_drift_seconds_since_last",
+            "Event time from the stream's last detected drift to its latest event",
+            ["model", "signal"],
+            registry=r,
+        )
+        self._seen_drifts: dict[tuple[str, str], int] = {}
         self.started_at = time.monotonic()
         self.last_batch_at: float | None = None
         self.last_lag: dict[int, int] = {}
@@ -117,10 +140,26 @@ class WorkerMetrics:
         stage = getattr(handler, "stage", None)
         if stage is not None:
             self.model.labels("events_learned").set(stage.recommender.events_learned)
+            self.model.labels("users").set(stage.recommender.users_in_models())
         if stage is not None and quality:
             for model, result in stage.metrics_result(max(len(stage.recommender.catalog), 1)).items():
                 for metric in ("hr", "ndcg"):
                     self.quality.labels(model, metric).set(result[metric])
+        monitor = getattr(stage, "drift", None)
+        if monitor is not None:
+            self._update_drift(monitor)
+
+    def _update_drift(self, monitor: Any) -> None:
+        """Export each drift signal (`scoring.drift.DriftMonitor`): detections as a counter,
+        the window's estimate, and the event-time age of the last drift once there is one."""
+        for (model, signal), s in list(monitor.signals.items()):
+            key = (model, signal)
+            self.drift_detected.labels(model, signal).inc(s.detections - self._seen_drifts.get(key, 0))
+            self._seen_drifts[key] = s.detections
+            self.drift_estimate.labels(model, signal).set(s.estimate)
+            age = monitor.seconds_since_drift(model, signal)
+            if age is not None:
+                self.drift_age.labels(model, signal).set(age)
 
     def _update_lag(self, consumer: Consumer) -> None:
         try:

@@ -18,6 +18,7 @@ from numpy.typing import NDArray
 from scoring.candidates import CATEGORY, CONTENT, CONTEXT, COVIS, KNN, SESSION, TRENDING, CandidateConfig
 from scoring.catalog import ItemCatalog
 from scoring.recommender import _N_BASE, FEATURES, Recommender
+from scoring.repeat import merge_lists
 from scoring.rerank import select
 from scoring.types import SOURCES, CandidateInputs, FloatArray, RecItem, UserContext
 
@@ -256,6 +257,10 @@ def recommend(
         rr.mmr_pool,
     )
     out = [RecItem(ids[idx[p]], float(rel[p]), SOURCES[cs.source[p]]) for p in pos.tolist()]
+    if self.repeat.exclude_types is not None:  # the user's repeat items merged in (scoring.repeat)
+        out = merge_lists(
+            self.repeat, [ctx.user_id], [out], [idx[pos].tolist()], ids, main_k, self._rule_mask
+        )[0]
     if explore:
         free = allowed.copy()
         free[pos] = False

@@ -51,3 +51,21 @@ def test_bench_quick_compares_three_pipelines(stack_endpoints, monkeypatch, tmp_
     assert result["freshrec"]["users_with_list_share"] > 0.9
     assert result["ratios"]["freshrec_vs_ceiling"] > 0 and result["ratios"]["freshrec_vs_naive"] > 0
     assert png.stat().st_size > 10_000
+
+
+def test_bench_scale_out_runs_one_and_two_workers(stack_endpoints, monkeypatch, tmp_path, capsys):
+    """`freshrec bench --workers 2 --no-comparison`: 1 then 2 `freshrec worker` processes in one
+    consumer group (each its own worker id and metrics port) consume the same pre-filled events."""
+    kafka, redis_url = stack_endpoints
+    monkeypatch.setenv("FRESHREC_KAFKA_BOOTSTRAP_SERVERS", kafka)
+    monkeypatch.setenv("FRESHREC_REDIS_URL", redis_url)
+    out = tmp_path / "bench.json"
+    assert main(["bench", "--quick", "--no-comparison", "--workers", "2", "--json", str(out)]) == 0
+    assert "scale-out on" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert "freshrec" not in result and result["targets"] == {}
+    runs = result["workers"]["runs"]
+    assert [r["workers"] for r in runs] == [1, 2]
+    for r in runs:
+        assert r["events_per_s"] > 0 and r["cpu_pct"] > 0 and r["caught_up"], r
+    assert result["workers"]["ratio"] > 0

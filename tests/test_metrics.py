@@ -60,6 +60,9 @@ def test_worker_serves_metrics_health_and_status(settings, tmp_path):
             "freshrec_end_to_end_seconds_bucket",
             'freshrec_prequential{metric="hr",model="freshrec"}',
             'freshrec_model{what="events_learned"} 300.0',
+            'freshrec_drift_detected_total{model="freshrec",signal="hit"}',
+            'freshrec_drift_estimate{model="covisitation",signal="hit"}',
+            'freshrec_drift_detected_total{model="rating",signal="abs_error"}',
         )
         for name in expected:
             assert name in text, name
@@ -68,6 +71,7 @@ def test_worker_serves_metrics_health_and_status(settings, tmp_path):
         assert "worker ok" in status.stdout and "events 300" in status.stdout
         assert "end to end (event produced -> its list delivered)" in status.stdout
         assert "models: 300 events learned" in status.stdout
+        assert "drift (ADWIN): " in status.stdout and "rating abs_error" in status.stdout
     finally:
         worker.send_signal(signal.SIGTERM)
         out, _ = worker.communicate(timeout=60)
