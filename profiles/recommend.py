@@ -242,7 +242,9 @@ class RecommendationStage:
         def predict(n: int) -> None:  # the rating model's error before event n is learned
             event = chosen[n]
             if event.type == "rate" and event.value is not None:
-                errors.append(rating(event.user_id, event.item_id) - event.value)
+                error = rating(event.user_id, event.item_id) - event.value
+                errors.append(error)
+                self.drift.observe("rating", "abs_error", abs(error), event.ts)
 
         learned = self.recommender.learn_batch(
             [Interaction(e.user_id, e.item_id, e.ts, e.type, e.value) for e in chosen],
@@ -280,8 +282,16 @@ class RecommendationStage:
                 served.append(self._served.get(uid, pop))
             which.append(n)
         targets = [e.item_id for e in events]
+        keep = self.config.hits_kept
+        observe = self.drift.observe
         for name, lists in (("freshrec", served), ("popularity", popular), ("covisitation", covisited)):
-            self.hits[name] += self.metrics[name].update_many(lists, which, targets)
+            hits = self.metrics[name].update_many(lists, which, targets)
+            for hit, event in zip(hits, events, strict=True):
+                observe(name, "hit", float(hit), event.ts)
+            kept = self.hits[name]
+            kept += hits
+            if keep and len(kept) >= 2 * keep:
+                del kept[:-keep]
 
     def relearn(
         self, states: Mapping[str, UserState], events: Sequence[Event], coords: Sequence[Coords]
