@@ -60,6 +60,7 @@ REPEAT_SOURCE: Final = "repeat"
 _TYPES: Final[tuple[str, ...]] = ("view", "click", "add_to_cart", "purchase", "rate")
 #: Half-lives (seconds) of the recency features.
 _RECENCY_S: Final[tuple[float, ...]] = (60.0, 600.0, 3600.0, 86400.0)
+_RECENCY_ARRAY: Final = np.array(_RECENCY_S)
 FEATURES: Final[tuple[str, ...]] = (
     "bias",
     "latest",
@@ -103,7 +104,8 @@ class RepeatConfig:
 
 
 class _Memory:
-    """One user's remembered items, most recent first (parallel arrays)."""
+    """One user's remembered items, most recent first (parallel lists: at most `n_items`
+    long, so list edits cost less than array copies)."""
 
     __slots__ = ("blocked", "count", "excluded", "idx", "last_type", "ts")
 
@@ -111,11 +113,11 @@ class _Memory:
         #: items with an event of an excluded type (oldest first), kept after they leave
         #: the recent items so that a bought item viewed again is still excluded
         self.blocked: dict[int, None] = {}
-        self.idx = np.zeros(0, np.int64)
-        self.ts = np.zeros(0)
-        self.last_type = np.zeros(0, np.int64)  # index into _TYPES, -1 = other
-        self.count = np.zeros(0)
-        self.excluded = np.zeros(0, bool)
+        self.idx: list[int] = []
+        self.ts: list[float] = []
+        self.last_type: list[int] = []  # index into _TYPES, -1 = other
+        self.count: list[float] = []
+        self.excluded: list[bool] = []
 
 
 class RepeatModel:
@@ -137,24 +139,24 @@ class RepeatModel:
     # ---- features ------------------------------------------------------------------
 
     def _features(self, mem: _Memory) -> FloatArray:
-        n = mem.idx.shape[0]
+        n = len(mem.idx)
         x = np.zeros((n, len(FEATURES)))
         if n == 0:
             return x
-        pos = np.arange(n)
         # time since each item's last event, at the user's last event (not the next one's)
-        dt = np.maximum(mem.ts[0] - mem.ts, 0.0)
+        ts = np.array(mem.ts)
+        dt = np.maximum(ts[0] - ts, 0.0)
         x[:, 0] = 1.0
         x[0, 1] = 1.0
-        x[:, 2] = 1.0 / (1.0 + pos)
+        x[:, 2] = 1.0 / (1.0 + np.arange(n))
         col = 3
-        for h in _RECENCY_S:
-            x[:, col] = np.exp2(-dt / h)
-            col += 1
-        known = mem.last_type >= 0
-        x[pos[known], col + mem.last_type[known]] = 1.0
+        x[:, col : col + len(_RECENCY_S)] = np.exp2(-dt[:, None] / _RECENCY_ARRAY)
+        col += len(_RECENCY_S)
+        for p, code in enumerate(mem.last_type):
+            if code >= 0:
+                x[p, col + code] = 1.0
         col += len(_TYPES)
-        t0 = int(mem.last_type[0])
+        t0 = mem.last_type[0]
         if 0 <= t0 < 3:
             x[0, col + t0] = 1.0
         col += 3
@@ -165,8 +167,8 @@ class RepeatModel:
 
     def _allowed(self, mem: _Memory) -> NDArray[np.bool_]:
         if self.exclude_types is None:
-            return np.zeros(mem.idx.shape[0], bool)
-        return ~mem.excluded
+            return np.zeros(len(mem.idx), bool)
+        return ~np.array(mem.excluded, bool)
 
     # ---- scoring -------------------------------------------------------------------
 
@@ -176,12 +178,12 @@ class RepeatModel:
         mems = [self.users.get(u) for u in users]
         feats, keep, sizes = [], [], []
         for mem in mems:
-            if mem is None or mem.idx.shape[0] == 0:
+            if mem is None or not mem.idx:
                 sizes.append(0)
                 continue
             ok = self._allowed(mem)
             feats.append(self._features(mem)[ok])
-            keep.append(mem.idx[ok])
+            keep.append(np.array(mem.idx, np.int64)[ok])
             sizes.append(int(ok.sum()))
         if not feats:
             empty = (np.zeros(0, np.int64), np.zeros(0))
@@ -256,7 +258,7 @@ class RepeatModel:
         ok = self._allowed(mem)
         if ok.any():
             x = self._features(mem)[ok]
-            y = (mem.idx[ok] == item).astype(np.float64)
+            y = (np.array(mem.idx)[ok] == item).astype(np.float64)
             z = x @ self.w
             p = 1.0 / (1.0 + np.exp(-np.clip(z, -30.0, 30.0)))
             g = x.T @ (p - y) + cfg.l2 * self.w
@@ -275,21 +277,22 @@ class RepeatModel:
             if len(mem.blocked) > self.config.n_blocked:
                 del mem.blocked[next(iter(mem.blocked))]
         excluded = item in mem.blocked
-        at = np.flatnonzero(mem.idx == item)
         count, was_excluded = 1.0, False
-        if at.shape[0]:
-            j = int(at[0])
-            count = float(mem.count[j]) + 1.0
-            was_excluded = bool(mem.excluded[j])
-            keep = np.arange(mem.idx.shape[0]) != j
-            mem.idx, mem.ts, mem.last_type = mem.idx[keep], mem.ts[keep], mem.last_type[keep]
-            mem.count, mem.excluded = mem.count[keep], mem.excluded[keep]
-        n = self.config.n_items - 1
-        mem.idx = np.r_[np.int64(item), mem.idx[:n]]
-        mem.ts = np.r_[ts, mem.ts[:n]]
-        mem.last_type = np.r_[np.int64(code), mem.last_type[:n]]
-        mem.count = np.r_[count, mem.count[:n]]
-        mem.excluded = np.r_[excluded or was_excluded, mem.excluded[:n]]
+        if item in mem.idx:
+            j = mem.idx.index(item)
+            count = mem.count[j] + 1.0
+            was_excluded = mem.excluded[j]
+            for column in (mem.idx, mem.ts, mem.last_type, mem.count, mem.excluded):
+                del column[j]
+        n = self.config.n_items
+        mem.idx.insert(0, item)
+        mem.ts.insert(0, ts)
+        mem.last_type.insert(0, code)
+        mem.count.insert(0, count)
+        mem.excluded.insert(0, excluded or was_excluded)
+        if len(mem.idx) > n:
+            for column in (mem.idx, mem.ts, mem.last_type, mem.count, mem.excluded):
+                del column[n:]
 
     def forget(self, user: str) -> None:
         """Drop what is remembered of one user."""
