@@ -302,6 +302,8 @@ class PipelineRun:
     def wait_for_members(self, n: int, timeout_s: float = 120.0) -> float:
         """Wait until the consumer group has `n` members, each with partitions assigned;
         returns the seconds waited."""
+        from confluent_kafka import KafkaException
+
         from streams.kafka_io import admin
 
         client = admin(self.settings)
@@ -312,7 +314,7 @@ class PipelineRun:
             future = client.describe_consumer_groups([self.settings.group_id])[self.settings.group_id]
             try:
                 members = future.result(10).members
-            except Exception:  # noqa: BLE001 - the group may not exist yet
+            except KafkaException:  # the group may not exist yet
                 members = []
             assigned = [m for m in members if m.assignment and m.assignment.topic_partitions]
             if len(members) == n and len(assigned) == n:
