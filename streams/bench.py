@@ -173,8 +173,8 @@ class WorkerProcess:
     def log_tail(self) -> str:
         try:
             return self.log_path.read_text(errors="replace")[-2000:]
-        except OSError:
-            return ""
+        except OSError as exc:
+            return f"(its log {self.log_path} could not be read: {exc})"
 
 
 def create_bench_topics(settings: Settings) -> None:
@@ -356,16 +356,10 @@ class PipelineRun:
         return result
 
     def _scrape_metrics(self) -> dict[str, Any]:
-        url = f"http://127.0.0.1:{self.settings.metrics_port}/metrics"
-        try:
-            with urllib.request.urlopen(url, timeout=5) as response:
-                text = response.read().decode()
-        except OSError as exc:
-            self.say(f"freshrec: metrics not read from {url}: {exc}")
+        samples = worker_metrics(self.settings, self.say)
+        if not samples:
             return {}
-        from prometheus_client.parser import text_string_to_metric_families
-
-        values = {s.name: s.value for f in text_string_to_metric_families(text) for s in f.samples}
+        values = {name: value for name, labels, value in samples if not labels}
         batches = values.get("freshrec_batches_total", 0.0)
         events = values.get("freshrec_events_total", 0.0)
         return {
@@ -648,7 +642,7 @@ def run_rss(
             "recycled": opts.events + report.sent > len(pool),
             "users_seen_at_start": len(pool.users(0, opts.events)),
             "users_seen_at_end": len(pool.users(0, opts.events + report.sent)),
-            "model_users_at_end": _model_users(run.settings),
+            "model_users_at_end": _model_users(run.settings, say),
             "samples_mb": every,
         }
 
@@ -694,17 +688,26 @@ def run_scale_out(
     }
 
 
-def _model_users(settings: Settings) -> int | None:
-    """Users in the freshrec worker's model, from its metrics (None: not exported)."""
+def worker_metrics(settings: Settings, say: Say) -> list[tuple[str, dict[str, str], float]]:
+    """The freshrec worker's Prometheus samples as (name, labels, value); empty, and said
+    why, when its metrics endpoint does not answer."""
     url = f"http://127.0.0.1:{settings.metrics_port}/metrics"
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
             text = response.read().decode()
-    except OSError:
-        return None
-    for line in text.splitlines():
-        if line.startswith('freshrec_model{what="users"}'):
-            return int(float(line.rsplit(" ", 1)[1]))
+    except OSError as exc:
+        say(f"freshrec: metrics not read from {url}: {exc}")
+        return []
+    from prometheus_client.parser import text_string_to_metric_families
+
+    return [(s.name, s.labels, s.value) for f in text_string_to_metric_families(text) for s in f.samples]
+
+
+def _model_users(settings: Settings, say: Say) -> int | None:
+    """Users in the freshrec worker's model, from its metrics (None: not exported)."""
+    for name, labels, value in worker_metrics(settings, say):
+        if name == "freshrec_model" and labels == {"what": "users"}:
+            return int(value)
     return None
 
 
