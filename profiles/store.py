@@ -350,6 +350,13 @@ class RedisFeatureStore:
         self._script = client.register_script(_load_lua("apply_batch.lua"))
         self._header = self._build_header()
 
+    def load_scripts(self) -> None:
+        """Load the batch script into Redis now (one round trip), so the first batch is one
+        EVALSHA like every other instead of NOSCRIPT, SCRIPT LOAD and a retry; a Redis that
+        cannot run it fails here, at start. (A Redis restarted later gets it back the same
+        way, on its first NOSCRIPT.)"""
+        self._script.sha = self.client.script_load(self._script.script)
+
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisFeatureStore:
         """A store on the Redis at `url` (``redis://host:port/db``)."""

@@ -120,6 +120,7 @@ class ProfileHandler:
         `streams.checkpoint`); off for one-shot runs such as `freshrec evaluate`."""
         self.settings = settings
         self.store = store or make_store(settings)
+        self.store.load_scripts()
         self.updater = ProfileUpdater(self.store, max_cached_users=settings.user_cache_max)
         self.stats = HandlerStats()
         self.stage: RecommendationStage | None = None
