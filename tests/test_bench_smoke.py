@@ -69,3 +69,20 @@ def test_bench_scale_out_runs_one_and_two_workers(stack_endpoints, monkeypatch, 
     for r in runs:
         assert r["events_per_s"] > 0 and r["cpu_pct"] > 0 and r["caught_up"], r
     assert result["workers"]["ratio"] > 0
+
+
+def test_bench_batches_prints_the_cost_of_each_batch_size(settings, monkeypatch, tmp_path, capsys):
+    """`python -m streams.bench_batches`: per batch size, CPU per event and the rate it keeps up with."""
+    from streams import bench_batches
+
+    monkeypatch.setenv("FRESHREC_REDIS_URL", settings.redis_url)
+    out = tmp_path / "batches.json"
+    argv = ["--sizes", "10,50", "--users", "200", "--items", "100", "--events", "400", "--warmup", "200"]
+    assert bench_batches.main([*argv, "--json", str(out)]) == 0
+    assert "keeps up with" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    assert [row["batch"] for row in result["sizes"]] == [10, 50]
+    for row in result["sizes"]:
+        assert row["cpu_us_per_event"] > 0 and 0 < row["lists_per_event"] <= 1
+        assert row["keeps_up_with_per_s"] > 0
+    assert [load["share"] for load in result["loads"]] == [0.25, 0.5, 0.9]
