@@ -154,7 +154,7 @@ class RecommenderConfig:
     #: neighbours each item's kNN row keeps: a row that reaches twice as many keeps its
     #: strongest `knn_max_neighbours` (bounds the worker's memory to items x 2x this many
     #: pairs however long the stream; 0: every pair, growing with the stream)
-    knn_max_neighbours: int = 100
+    knn_max_neighbours: int = 75
     #: distinct items of each user's history the recommender remembers itself (in the
     #: worker's memory, with the models; most recent first) for the item-kNN, beyond the
     #: `UserContext.history` its caller serves (10 items in the Redis profile); 0 = only the

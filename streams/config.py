@@ -49,7 +49,7 @@ class Settings:
     user_ttl_s: float = 30 * 86400.0
     user_cache_max: int = 100_000
     #: neighbours each item's kNN row keeps (pruned at twice as many; 0: every pair)
-    knn_max_neighbours: int = 100
+    knn_max_neighbours: int = 75
     covis_half_life_s: float = 86400.0
     trending_half_life_s: float = 86400.0
     feast_project: str = "freshrec"
