@@ -17,7 +17,10 @@ to b is
 Each item's neighbour row is a growable pair of numpy arrays (neighbour index, count) plus
 a dict from neighbour to slot: an increment is one dict lookup and one array write, and a
 user's scores are a handful of vectorised gathers into one dense array (no Python loop over
-neighbours). Counts are exact (no neighbour cap: trimming hurts the long tail).
+neighbours). `max_neighbours` N > 0 bounds each row (`SparseRows.cap`): a row that reaches 2N
+neighbours keeps its N strongest, so the memory is at most items × 2N pairs however long the
+stream (the occurrences `C(b)` stay exact); 0 keeps every pair (exact counts, memory growing
+with the stream: ~1.7 new pairs per event on the simulated workload).
 
 >>> co = CoOccurrence(window=5)
 >>> for hist, b in [((), 0), ((0,), 1), ((), 0), ((0,), 2), ((2, 0), 1)]:
@@ -31,12 +34,17 @@ neighbours). Counts are exact (no neighbour cap: trimming hurts the long tail).
 >>> directed.add(0, np.array([], dtype=np.int64)); directed.add(1, np.array([0], dtype=np.int64))
 >>> directed.pair(0, 1), directed.pair(1, 0)
 (1.0, 0.5)
+>>> capped = CoOccurrence(window=5, max_neighbours=1)
+>>> for b in (1, 2, 1):
+...     capped.add(b, np.array([0], dtype=np.int64))
+>>> capped.pairs.row(0)[0].tolist(), capped.pair(0, 1)  # row 0 reached 2: kept its best
+([1], 2.0)
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from numpy.typing import NDArray
@@ -57,14 +65,34 @@ class SparseRows:
     >>> idx, val = r.row(3)
     >>> idx.tolist(), val.tolist(), r.row(0)[0].tolist()
     ([1, 7], [3.0, 0.5], [])
+
+    With a `cap` N > 0 a row never holds more than 2N entries: when a new entry makes it
+    2N long, it keeps its N largest values (ties: the smaller column) and forgets the rest,
+    so memory is at most rows × 2N entries however long the stream, and each pruning of
+    2N entries pays for the N insertions before it. A forgotten entry that comes back
+    starts again from 0.
+
+    >>> r = SparseRows(cap=2)
+    >>> r.add(0, 5, 3.0); r.add(0, 6, 1.0); r.add(0, 7, 2.0); r.row(0)[0].tolist()
+    [5, 6, 7]
+    >>> r.add(0, 8, 1.0); r.row(0)  # 4 = 2 × cap entries: the 2 largest stay
+    (array([5, 7]), array([3., 2.]))
+    >>> r.add(0, 6, 0.5); r.get(0, 6), r.nnz()  # 6 was forgotten: it starts again
+    (0.5, 3)
     """
 
-    __slots__ = ("_idx", "_len", "_slots", "_val")
+    __slots__ = ("_idx", "_len", "_slots", "_val", "cap")
+
+    #: one shared int object per column index, the rows' dict keys: a key then costs its
+    #: dict entry only, not a 28-byte int of its own per row (~90 -> ~60 bytes per entry)
+    _KEYS: ClassVar[list[int]] = []
 
     _EMPTY_I: IntArray = np.zeros(0, np.int64)
     _EMPTY_V: FloatArray = np.zeros(0)
 
-    def __init__(self) -> None:
+    def __init__(self, cap: int = 0) -> None:
+        #: entries a row keeps when it is pruned (pruned on reaching 2 × cap); 0: no bound
+        self.cap = cap
         self._slots: list[dict[int, int]] = []
         self._idx: list[IntArray] = []
         self._val: list[FloatArray] = []
@@ -77,18 +105,30 @@ class SparseRows:
             self._val.append(np.zeros(4))
             self._len.append(0)
 
+    @classmethod
+    def _keys(cls, top: int) -> list[int]:
+        """The shared key objects, at least up to column `top`."""
+        keys = cls._KEYS
+        if top >= len(keys):
+            keys.extend(range(len(keys), max(top + 1, 2 * len(keys), 1024)))
+        return keys
+
     def add(self, a: int, b: int, w: float) -> None:
         if a >= len(self._slots):
             self._ensure(a)
         slots = self._slots[a]
         s = slots.get(b)
         if s is None:
-            s = slots[b] = self._len[a]
+            s = slots[self._keys(b)[b]] = self._len[a]
             if s >= self._idx[a].shape[0]:
                 self._idx[a] = np.concatenate([self._idx[a], np.zeros(s, np.int64)])
                 self._val[a] = np.concatenate([self._val[a], np.zeros(s)])
             self._idx[a][s] = b
             self._len[a] = s + 1
+            self._val[a][s] += w
+            if self.cap and s + 1 >= 2 * self.cap:
+                self._prune(a)
+            return
         self._val[a][s] += w
 
     def add_many(self, rows: list[int], cols: list[int], vals: list[float]) -> None:
@@ -103,6 +143,8 @@ class SparseRows:
         if not rows:
             return
         self._ensure(rows[-1])
+        keys = self._keys(max(cols))
+        full = 2 * self.cap if self.cap else -1
         k, n = 0, len(rows)
         while k < n:
             a = rows[k]
@@ -114,15 +156,34 @@ class SparseRows:
             for b, w in zip(cols[k:end], vals[k:end], strict=True):
                 s = slots.get(b)
                 if s is None:
-                    s = slots[b] = size
+                    s = slots[keys[b]] = size
                     size += 1
                     if s >= idx.shape[0]:
                         idx = np.concatenate([idx, np.zeros(s, np.int64)])
                         val = np.concatenate([val, np.zeros(s)])
                     idx[s] = b
+                    val[s] += w
+                    if size == full:
+                        self._idx[a], self._val[a], self._len[a] = idx, val, size
+                        self._prune(a)
+                        slots, size = self._slots[a], self._len[a]
+                    continue
                 val[s] += w
             self._idx[a], self._val[a], self._len[a] = idx, val, size
             k = end
+
+    def _prune(self, a: int) -> None:
+        """Keep row `a`'s `cap` largest entries (ties: the smaller column), in slot order."""
+        n = self._len[a]
+        idx, val = self._idx[a], self._val[a]
+        best = np.lexsort((idx[:n], -val[:n]))[: self.cap]
+        best.sort()
+        m = best.shape[0]
+        idx[:m], val[:m] = idx[best], val[best]
+        val[m:n] = 0.0
+        self._len[a] = m
+        keys = self._KEYS
+        self._slots[a] = {keys[b]: k for k, b in enumerate(idx[:m].tolist())}
 
     def get(self, a: int, b: int) -> float:
         if a >= len(self._slots):
@@ -142,13 +203,16 @@ class SparseRows:
 
     def __getstate__(self) -> dict[str, Any]:
         return {
+            "cap": self.cap,
             "slots": self._slots,
             "idx": [x[:n].copy() for x, n in zip(self._idx, self._len, strict=True)],
             "val": [x[:n].copy() for x, n in zip(self._val, self._len, strict=True)],
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self._slots = state["slots"]
+        self.cap = state["cap"]
+        keys = self._keys(max((max(x, default=0) for x in state["slots"]), default=0))
+        self._slots = [{keys[b]: k for b, k in x.items()} for x in state["slots"]]
         self._idx = [np.concatenate([x, np.zeros(max(4, x.shape[0]), np.int64)]) for x in state["idx"]]
         self._val = [np.concatenate([x, np.zeros(max(4, x.shape[0]))]) for x in state["val"]]
         self._len = [x.shape[0] for x in state["idx"]]
@@ -165,6 +229,7 @@ class CoOccurrence:
         n_recent: int = 30,
         recency_decay: float = 0.95,
         backward: float = 1.0,
+        max_neighbours: int = 0,
     ) -> None:
         self.window = window
         self.backward = backward
@@ -172,7 +237,9 @@ class CoOccurrence:
         self.gap_decay = gap_decay
         self.n_recent = n_recent
         self.recency_decay = recency_decay
-        self.pairs = SparseRows()
+        #: the neighbours a row keeps when it is pruned (at 2x this many); 0: every pair
+        self.max_neighbours = max_neighbours
+        self.pairs = SparseRows(cap=max_neighbours)
         self.count: FloatArray = np.zeros(64)
         self._gap_w: FloatArray = gap_decay ** np.arange(max(window, 1), dtype=np.float64)
         self._rec_w: FloatArray = recency_decay ** np.arange(max(n_recent, 1), dtype=np.float64)
@@ -219,11 +286,7 @@ class CoOccurrence:
         vals = np.concatenate([w, w * self.backward])
         uniq, inv = np.unique(keys, return_inverse=True)
         total = np.bincount(inv, weights=vals, minlength=uniq.shape[0])
-        add = self.pairs.add
-        for row, col, v in zip(
-            (uniq // width).tolist(), (uniq % width).tolist(), total.tolist(), strict=True
-        ):
-            add(row, col, v)
+        self.pairs.add_many((uniq // width).tolist(), (uniq % width).tolist(), total.tolist())
 
     def pair(self, a: int, b: int) -> float:
         """The co-occurrence count C(a, b) (b after a: full weight; a after b: `backward`)."""

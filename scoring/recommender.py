@@ -97,8 +97,9 @@ _PRIOR: Final[dict[str, float]] = {
     "popularity": 2.0,
     "trending": 1.0,
 }
-#: 3: the implicit MF on numpy matrices (format 2 pickled River's FunkMF)
-STATE_FORMAT: Final = 3
+#: 3: the implicit MF on numpy matrices (format 2 pickled River's FunkMF); 4: the kNN rows
+#: carry their neighbour cap (`knn_max_neighbours`)
+STATE_FORMAT: Final = 4
 
 IntArray = NDArray[np.int64]
 
@@ -150,6 +151,10 @@ class RecommenderConfig:
     knn_recency_decay: float = 0.9
     #: weight of the reverse pair (b, a) when b came after a (1 = symmetric counts)
     knn_backward: float = 0.5
+    #: neighbours each item's kNN row keeps: a row that reaches twice as many keeps its
+    #: strongest `knn_max_neighbours` (bounds the worker's memory to items x 2x this many
+    #: pairs however long the stream; 0: every pair, growing with the stream)
+    knn_max_neighbours: int = 75
     #: distinct items of each user's history the recommender remembers itself (in the
     #: worker's memory, with the models; most recent first) for the item-kNN, beyond the
     #: `UserContext.history` its caller serves (10 items in the Redis profile); 0 = only the
@@ -194,6 +199,7 @@ class Recommender:
             cfg.knn_recent,
             cfg.knn_recency_decay,
             cfg.knn_backward,
+            cfg.knn_max_neighbours,
         )
         #: user -> dense item indices of their last `knn_history` distinct items, most recent first
         self.histories: dict[str, NDArray[np.int64]] = {}
@@ -728,7 +734,10 @@ class Recommender:
     def from_state(cls, state: Mapping[str, Any]) -> Recommender:
         """The recommender `state()` described (use a deep copy, e.g. through pickle)."""
         if state.get("format") != STATE_FORMAT:
-            raise ValueError(f"unknown recommender state format {state.get('format')!r}")
+            raise ValueError(
+                f"unknown recommender state format {state.get('format')!r} (this version reads "
+                f"{STATE_FORMAT}: start from an empty model or re-learn from the log)"
+            )
         rec = cls(state["config"])
         rec.offsets = dict(state["offsets"])
         rec.events_learned = state["events_learned"]

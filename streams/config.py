@@ -48,6 +48,8 @@ class Settings:
     session_gap_s: float = 1800.0
     user_ttl_s: float = 30 * 86400.0
     user_cache_max: int = 100_000
+    #: neighbours each item's kNN row keeps (pruned at twice as many; 0: every pair)
+    knn_max_neighbours: int = 75
     covis_half_life_s: float = 86400.0
     trending_half_life_s: float = 86400.0
     feast_project: str = "freshrec"

@@ -43,16 +43,20 @@ class Deduplicator:
 
     def __init__(self, window: int) -> None:
         self.window = window
-        self._recent: dict[Partition, deque[tuple[int, str]]] = {}
+        #: per partition, the window's offsets and event ids in log order: two deques, not
+        #: one of (offset, id) tuples (a 56-byte tuple per message saved: ~25% of the window)
+        self._offsets: dict[Partition, deque[int]] = {}
+        self._ids: dict[Partition, deque[str]] = {}
         self._last: dict[Partition, dict[str, int]] = {}
         self.duplicates = 0
 
     def knows(self, partition: Partition) -> bool:
-        return partition in self._recent
+        return partition in self._offsets
 
     def start(self, partition: Partition, history: Iterable[tuple[int, str]] = ()) -> None:
         """Open a partition's window with what precedes its next offset: (offset, event_id)."""
-        self._recent[partition] = deque()
+        self._offsets[partition] = deque()
+        self._ids[partition] = deque()
         self._last[partition] = {}
         for offset, event_id in history:
             self._remember(partition, offset, event_id)
@@ -60,17 +64,18 @@ class Deduplicator:
     def forget(self, partitions: Iterable[Partition]) -> None:
         """Drop the windows of partitions this worker no longer owns."""
         for p in partitions:
-            self._recent.pop(p, None)
+            self._offsets.pop(p, None)
+            self._ids.pop(p, None)
             self._last.pop(p, None)
 
     def is_duplicate(self, partition: Partition, offset: int, event_id: str) -> bool:
         """Whether this event repeats one of the window before it; remembers it either way."""
-        if partition not in self._recent:
+        if partition not in self._offsets:
             self.start(partition)
-        recent, last = self._recent[partition], self._last[partition]
+        offsets, ids, last = self._offsets[partition], self._ids[partition], self._last[partition]
         low = offset - self.window
-        while recent and recent[0][0] < low:
-            old_offset, old_id = recent.popleft()
+        while offsets and offsets[0] < low:
+            old_offset, old_id = offsets.popleft(), ids.popleft()
             if last.get(old_id) == old_offset:
                 del last[old_id]
         seen = last.get(event_id)
@@ -81,7 +86,8 @@ class Deduplicator:
         return duplicate
 
     def _remember(self, partition: Partition, offset: int, event_id: str) -> None:
-        self._recent[partition].append((offset, event_id))
+        self._offsets[partition].append(offset)
+        self._ids[partition].append(event_id)
         self._last[partition][event_id] = offset
 
 

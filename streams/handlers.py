@@ -36,13 +36,15 @@ def recommender_config(settings: Settings) -> RecommenderConfig:
     1 day): long-term popularity 7x it (7 days by default), freshness 30x (30 days). Data
     that spans years (MovieLens: 1e10) thus gets all-time popularity, not the last week's
     handful of ratings, as the in-memory harness's MovieLens settings do. The exclusion
-    policy is `FRESHREC_EXCLUDE_TYPES` (`RerankConfig.exclude_types`)."""
+    policy is `FRESHREC_EXCLUDE_TYPES` (`RerankConfig.exclude_types`), the kNN rows' bound
+    `FRESHREC_KNN_MAX_NEIGHBOURS`."""
     h = settings.trending_half_life_s
     excluded = tuple(t.strip() for t in settings.exclude_types.split(",") if t.strip())
     return RecommenderConfig(
         pop_half_life_s=7.0 * h,
         freshness_half_life_s=30.0 * h,
         rerank=RerankConfig(exclude_types=excluded),
+        knn_max_neighbours=settings.knn_max_neighbours,
     )
 
 
