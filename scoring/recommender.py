@@ -329,11 +329,7 @@ class Recommender:
             perm = np.argsort(usr, kind="stable")
             seg = np.searchsorted(usr[perm], np.arange(n_users + 1)).tolist()
             idx_s = idx[perm]
-        mf = np.zeros(n)
-        for u, ctx in enumerate(contexts):
-            a, b = seg[u], seg[u + 1]
-            if a < b:
-                mf[a:b] = self.mf.scores(ctx.user_id, idx_s[a:b])
+        mf = self.mf.scores_many([c.user_id for c in contexts], idx_s, np.asarray(seg, np.int64))
         if perm is None:
             x[:, 10] = mf
         else:
@@ -665,9 +661,13 @@ class Recommender:
         if own is None:
             return self.catalog.indices(ctx.long_history)
         if check and ctx.long_history:
-            given = self.catalog.indices(ctx.long_history)
-            if not np.isin(given, own).all():
-                own = np.concatenate((given, own[~np.isin(own, given)]))[: self.config.knn_history]
+            get = self.catalog.index.get
+            mine = own.tolist()
+            given = [j for j in map(get, ctx.long_history) if j is not None]
+            if not set(given).issubset(mine):  # plain Python: ~10 and ~30 items
+                have = set(given)
+                merged = given + [a for a in mine if a not in have]
+                own = np.array(merged[: self.config.knn_history], np.int64)
                 self.histories[ctx.user_id] = own
         return own
 
