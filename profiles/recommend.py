@@ -30,9 +30,9 @@ from profiles.lru import lru_put
 from profiles.store import RedisFeatureStore
 from profiles.updater import Coords
 from profiles.user_state import UserState
+from scoring.candidates import CandidateSet, LoggedCandidates, from_logged
 from scoring.drift import DriftMonitor
 from scoring.metrics import PrequentialMetrics
-from scoring.candidates import CandidateSet, LoggedCandidates, from_logged
 from scoring.recommender import Recommender
 from scoring.types import CandidateInputs, Interaction, NeighbourLists, RecItem, UserContext
 
@@ -56,7 +56,7 @@ class StageConfig:
     hits_kept: int = 100_000
     #: users whose served candidates are kept for their next events to learn from (least
     #: recently served dropped; ~7.5 KB a user; 0: none, the candidates are generated again)
-    logged_users: int = 20_000
+    logged_users: int = 10_000
 
 
 @dataclass(slots=True)
@@ -80,6 +80,9 @@ class RecommendationStage:
         self._served: dict[str, list[str]] = {}  # the list each user was last given
         #: the candidates each user's last list was chosen from (what their next events learn from)
         self._logged: dict[str, LoggedCandidates] = {}
+        #: learning users whose candidates were logged at serving / generated again
+        self.logged_used = 0
+        self.logged_missed = 0
         #: the batch's candidate read (co-visitation neighbours, trending)
         self._batch_reads: tuple[dict[str, list[tuple[str, float]]], list[tuple[str, float]]] = ({}, [])
         self._read_from: set[str] = set()  # the items `_batch_reads` read
@@ -271,9 +274,13 @@ class RecommendationStage:
         logged = self._logged
         logs: list[LoggedCandidates | None] = [logged.get(c.user_id) for c in contexts]
         missing = [n for n, log in enumerate(logs) if log is None]
+        self.logged_used += len(logs) - len(missing)
+        self.logged_missed += len(missing)
         if missing:
             covis, trending = self._batch_reads
-            fresh = self.recommender.candidate_batch([contexts[n] for n in missing], covis, trending, score=False)
+            fresh = self.recommender.candidate_batch(
+                [contexts[n] for n in missing], covis, trending, score=False
+            )
             for n, log in zip(missing, fresh.logged(), strict=True):
                 logs[n] = log
         return from_logged([log for log in logs if log is not None])

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 from numpy.typing import NDArray
@@ -121,7 +122,6 @@ class CandidateSet:
             None if self.scores is None else self.scores[sl],
         )
 
-
     def logged(self) -> list[LoggedCandidates]:
         """Every user's candidates in the compact form kept to learn from later (see
         `LoggedCandidates`; features and logits are not kept).
@@ -135,14 +135,13 @@ class CandidateSet:
         bits = (self.source_mask @ _BIT_VALUES).astype(np.uint8)
         values = np.stack([self.knn, self.covis, self.trending], axis=1).astype(np.float32)
         idx = self.idx.astype(np.int32)
-        cuts = self.offsets.tolist()
-        out = []
-        for a, b in zip(cuts[:-1], cuts[1:], strict=True):
-            out.append(LoggedCandidates(idx[a:b], self.source[a:b], bits[a:b], values[a:b], self.seen[a:b]))
-        return out
+        return [
+            LoggedCandidates(idx[a:b], self.source[a:b], bits[a:b], values[a:b], self.seen[a:b])
+            for a, b in pairwise(self.offsets.tolist())
+        ]
 
 
-_BIT_VALUES: FloatArray = 2.0 ** np.arange(len(SOURCES))
+_BIT_VALUES: FloatArray = np.array([2.0**s for s in range(len(SOURCES))])
 
 
 @dataclass(frozen=True, slots=True)
@@ -239,11 +238,11 @@ def generate(
                 continue
             head = covisitation.get(item, ())[: cfg.covis_per_item]
             if head:
-                covis_arrays[item] = (
-                    np.fromiter((ensure(nb) if (i := index.get(nb)) is None else i for nb, _ in head),
-                                np.int64, count=len(head)),
-                    np.fromiter((v for _, v in head), np.float64, count=len(head)),
-                )  # fmt: skip
+                names = [nb for nb, _ in head]
+                found = [index.get(nb) for nb in names]
+                if None in found:
+                    found = [ensure(nb) if i is None else i for nb, i in zip(names, found, strict=True)]
+                covis_arrays[item] = (np.array(found, np.int64), np.array([v for _, v in head], np.float64))
     trend = trending[: cfg.n_trending]
     trend_idx = np.fromiter((ensure(t) if (i := index.get(t)) is None else i for t, _ in trend), np.int64,
                             count=len(trend))  # fmt: skip

@@ -42,7 +42,6 @@ False
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -285,11 +284,12 @@ class Recommender:
         ts = np.array([c.ts for c in contexts])
         pop_f = np.zeros(n_users)
         pop_den = np.ones(n_users)
-        for u, ctx in enumerate(contexts):
-            pmax = cat.max_popularity(ctx.ts)
-            if pmax > 0.0:
-                pop_f[u] = cat.popularity_factor(ctx.ts)
-                pop_den[u] = math.log1p(pmax)
+        if cat.pop_landmark is not None:  # `popularity_factor` / `max_popularity` of every user
+            factor = 2.0 ** ((cat.pop_landmark - ts) / cat.pop_half_life)
+            pmax = cat.pop_max_raw * factor
+            some = pmax > 0.0
+            pop_f[some] = factor[some]
+            pop_den[some] = np.log1p(pmax[some])
         x[:, 7] = np.log1p(cat.pop_raw[idx] * pop_f[usr]) / pop_den[usr]
         age = np.maximum(ts[usr] - cat.first_ts[idx], 0.0)
         x[:, 9] = np.nan_to_num(np.exp2(-age / self.config.freshness_half_life_s), nan=0.0)

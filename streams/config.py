@@ -48,6 +48,9 @@ class Settings:
     session_gap_s: float = 1800.0
     user_ttl_s: float = 30 * 86400.0
     user_cache_max: int = 100_000
+    #: users whose served candidate sets are kept for their next events to learn from
+    #: (~7.5 KB each; 0: generate them again for every batch)
+    logged_candidates_max: int = 10_000
     covis_half_life_s: float = 86400.0
     trending_half_life_s: float = 86400.0
     feast_project: str = "freshrec"
