@@ -10,9 +10,17 @@ learn each event with the context from before its batch, predict first and learn
 and skip an offset already learned; then the lists are computed from the updated profiles
 and the models that learned the batch.
 
-Both passes score all the batch's users at once (`Recommender.candidate_batch`): the
-events learn with candidates computed from the models as they were before the batch
-(`learn_batch`), the lists come from one `candidate_batch` + `recommend_batch` after it.
+The lists come from one `candidate_batch` + `recommend_batch` for all the batch's users
+after it. The events learn (`learn_batch`) from the candidates their user's last list was
+chosen from, logged when it was served (`StageConfig.logged_users` users kept, compact:
+`scoring.candidates.LoggedCandidates`, ~7.5 KB a user), as production rankers log
+features at serving time: the user's state has not changed since that list (only their own
+events change it, and every batch that has them serves them a new list), and the ranker
+learns to order the set the user was actually shown. Only users without one (first seen,
+dropped from the bound, after a restart) get candidates generated from the context before
+the batch and the models as they are, so a user costs one candidate generation per batch
+instead of two. (Generating them again differed only through what other users' events had
+changed in the shared models and the co-visitation / trending read in between.)
 """
 
 from __future__ import annotations
@@ -222,9 +230,10 @@ class RecommendationStage:
         (a user never served gets the trending list, as a service would), decayed
         popularity (trending minus seen) and co-visitation of the user's last 10 items.
 
-        The batch's users' candidates come from the models as they were before the batch
-        (one `candidate_batch` for all of them), and the events are learned in order with
-        them (`Recommender.learn_batch`)."""
+        Each user's candidates are those their last list was chosen from (logged at
+        serving), else one `candidate_batch` from the models as they are for the users
+        without (see the module doc); the events are learned in order with them
+        (`Recommender.learn_batch`)."""
         rows: dict[str, int] = {}
         contexts: list[UserContext] = []
         live: list[int] = []
