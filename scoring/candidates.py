@@ -135,10 +135,14 @@ class CandidateSet:
         bits = (self.source_mask @ _BIT_VALUES).astype(np.uint8)
         values = np.stack([self.knn, self.covis, self.trending], axis=1).astype(np.float32)
         idx = self.idx.astype(np.int32)
+        # copies, not views: a kept user must not pin the whole batch's arrays in memory
         return [
-            LoggedCandidates(idx[a:b], self.source[a:b], bits[a:b], values[a:b], self.seen[a:b])
+            LoggedCandidates(
+                idx[a:b].copy(), self.source[a:b].copy(), bits[a:b].copy(), values[a:b].copy(),
+                self.seen[a:b].copy(),
+            )
             for a, b in pairwise(self.offsets.tolist())
-        ]
+        ]  # fmt: skip
 
 
 _BIT_VALUES: FloatArray = np.array([2.0**s for s in range(len(SOURCES))])

@@ -184,6 +184,8 @@ def test_logged_candidates_rebuild_the_set_they_were_logged_from(seed: int) -> N
     contexts, _, covis, trending = _batch_inputs(world, users, batch[0].ts)
     cs = rec.candidate_batch(contexts, covis, trending, score=False)
     logs = cs.logged()
+    # each user's log owns its arrays (a kept user must not pin the batch's)
+    assert all(g.idx.base is None and g.values.base is None and g.seen.base is None for g in logs)
     back = from_logged(logs)
     for name in ("idx", "source", "source_mask", "offsets", "row_user", "seen"):
         assert np.array_equal(getattr(back, name), getattr(cs, name)), name
