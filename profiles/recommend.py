@@ -10,9 +10,17 @@ learn each event with the context from before its batch, predict first and learn
 and skip an offset already learned; then the lists are computed from the updated profiles
 and the models that learned the batch.
 
-Both passes score all the batch's users at once (`Recommender.candidate_batch`): the
-events learn with candidates computed from the models as they were before the batch
-(`learn_batch`), the lists come from one `candidate_batch` + `recommend_batch` after it.
+The lists come from one `candidate_batch` + `recommend_batch` for all the batch's users
+after it. The events learn (`learn_batch`) from the candidates their user's last list was
+chosen from, logged when it was served (`StageConfig.logged_users` users kept, compact:
+`scoring.candidates.LoggedCandidates`, ~7.5 KB a user), as production rankers log
+features at serving time: the user's state has not changed since that list (only their own
+events change it, and every batch that has them serves them a new list), and the ranker
+learns to order the set the user was actually shown. Only users without one (first seen,
+dropped from the bound, after a restart) get candidates generated from the context before
+the batch and the models as they are, so a user costs one candidate generation per batch
+instead of two. (Generating them again differed only through what other users' events had
+changed in the shared models and the co-visitation / trending read in between.)
 """
 
 from __future__ import annotations
@@ -30,6 +38,7 @@ from profiles.lru import lru_put
 from profiles.store import RedisFeatureStore
 from profiles.updater import Coords
 from profiles.user_state import UserState
+from scoring.candidates import CandidateSet, LoggedCandidates, from_logged
 from scoring.drift import DriftMonitor
 from scoring.metrics import PrequentialMetrics
 from scoring.recommender import Recommender
@@ -53,6 +62,9 @@ class StageConfig:
     top_categories: int = 8
     #: the latest per-event hits kept per model in `hits` (for rolling plots; 0: all)
     hits_kept: int = 100_000
+    #: users whose served candidates are kept for their next events to learn from (least
+    #: recently served dropped; ~7.5 KB a user; 0: none, the candidates are generated again)
+    logged_users: int = 10_000
 
 
 @dataclass(slots=True)
@@ -74,6 +86,11 @@ class RecommendationStage:
         self.config = config or StageConfig()
         self._before: dict[str, tuple[UserContext, CandidateInputs]] = {}
         self._served: dict[str, list[str]] = {}  # the list each user was last given
+        #: the candidates each user's last list was chosen from (what their next events learn from)
+        self._logged: dict[str, LoggedCandidates] = {}
+        #: learning users whose candidates were logged at serving / generated again
+        self.logged_used = 0
+        self.logged_missed = 0
         #: the batch's candidate read (co-visitation neighbours, trending)
         self._batch_reads: tuple[dict[str, list[tuple[str, float]]], list[tuple[str, float]]] = ({}, [])
         self._read_from: set[str] = set()  # the items `_batch_reads` read
@@ -213,9 +230,10 @@ class RecommendationStage:
         (a user never served gets the trending list, as a service would), decayed
         popularity (trending minus seen) and co-visitation of the user's last 10 items.
 
-        The batch's users' candidates come from the models as they were before the batch
-        (one `candidate_batch` for all of them), and the events are learned in order with
-        them (`Recommender.learn_batch`)."""
+        Each user's candidates are those their last list was chosen from (logged at
+        serving), else one `candidate_batch` from the models as they are for the users
+        without (see the module doc); the events are learned in order with them
+        (`Recommender.learn_batch`)."""
         rows: dict[str, int] = {}
         contexts: list[UserContext] = []
         live: list[int] = []
@@ -231,8 +249,7 @@ class RecommendationStage:
         self._before, before_all = {}, self._before
         if not live:
             return 0
-        covis, trending = self._batch_reads
-        cs = self.recommender.candidate_batch(contexts, covis, trending, score=False)
+        cs = self._learning_candidates(contexts)
         chosen = [events[j] for j in live]
         self._score_batch(chosen, before_all)
         rating = self.recommender.predict_rating
@@ -257,6 +274,25 @@ class RecommendationStage:
         self._squared_error += sum(e * e for e in errors)
         self._ratings += len(errors)
         return learned
+
+    def _learning_candidates(self, contexts: Sequence[UserContext]) -> CandidateSet:
+        """The candidates the batch's events learn from: for each user, the set their last
+        list was chosen from (logged when it was served: the user's state has not changed
+        since, and the ranker learns from what the user was shown), else generated now from
+        the context before the batch and the models as they are."""
+        logged = self._logged
+        logs: list[LoggedCandidates | None] = [logged.get(c.user_id) for c in contexts]
+        missing = [n for n, log in enumerate(logs) if log is None]
+        self.logged_used += len(logs) - len(missing)
+        self.logged_missed += len(missing)
+        if missing:
+            covis, trending = self._batch_reads
+            fresh = self.recommender.candidate_batch(
+                [contexts[n] for n in missing], covis, trending, score=False
+            )
+            for n, log in zip(missing, fresh.logged(), strict=True):
+                logs[n] = log
+        return from_logged([log for log in logs if log is not None])
 
     def _score_batch(
         self, events: Sequence[Event], before: Mapping[str, tuple[UserContext, CandidateInputs]]
@@ -327,6 +363,10 @@ class RecommendationStage:
             covis, trending = self._batch_reads = self._read(contexts)
             self._read_from = {i for c in contexts for i in c.recent_items}
         cs = self.recommender.candidate_batch(contexts, covis, trending)
+        if self.config.logged_users > 0:
+            cap = self.config.logged_users
+            for uid, log in zip(uids, cs.logged(), strict=True):
+                lru_put(self._logged, uid, log, cap)
         out = dict(zip(uids, self.recommender.recommend_batch(contexts, cs, self.config.k), strict=True))
         for uid, items in out.items():
             lru_put(self._served, uid, [item.item_id for item in items], self.config.max_users)
@@ -335,6 +375,7 @@ class RecommendationStage:
     def forget(self, user_ids: Sequence[str]) -> None:
         for uid in user_ids:
             self._served.pop(uid, None)
+            self._logged.pop(uid, None)
             self.recommender.forget(uid)
 
     def metrics_result(self, catalog_size: int) -> dict[str, dict[str, float]]:

@@ -549,8 +549,16 @@ class RedisFeatureStore:
             for iid, members, lm in zip(unique, replies[: len(unique)], landmarks, strict=True):
                 if members and lm is not None:
                     f = 2.0 ** ((float(lm) - max(at, float(lm))) / h)  # never read before the landmark
-                    names = [m.decode("utf-8") for m in members[::2]]
-                    covis[iid] = list(zip(names, [float(s) * f for s in members[1::2]], strict=True))
+                    # one decode per list (split on NUL; per member if an id holds one)
+                    names = b"\x00".join(members[::2]).decode("utf-8").split("\x00")
+                    if 2 * len(names) != len(members):
+                        names = [m.decode("utf-8") for m in members[::2]]
+                    scores = map(float, members[1::2])
+                    covis[iid] = (
+                        list(zip(names, scores, strict=True))
+                        if f == 1.0
+                        else [(m, s * f) for m, s in zip(names, scores, strict=True)]
+                    )
         members, lm = replies[-2], replies[-1]
         trending: list[tuple[str, float]] = []
         if members and lm is not None:

@@ -43,6 +43,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 
 import numpy as np
 from numpy.typing import NDArray
@@ -50,7 +51,7 @@ from numpy.typing import NDArray
 from scoring.catalog import ItemCatalog
 from scoring.types import SOURCES, FloatArray, NeighbourLists, UserContext
 
-__all__ = ["CandidateConfig", "CandidateSet", "generate"]
+__all__ = ["CandidateConfig", "CandidateSet", "LoggedCandidates", "from_logged", "generate"]
 
 IntArray = NDArray[np.int64]
 KNN, COVIS, SESSION, CATEGORY, TRENDING, CONTEXT, CONTENT = range(len(SOURCES))
@@ -121,6 +122,93 @@ class CandidateSet:
             None if self.scores is None else self.scores[sl],
         )
 
+    def logged(self) -> list[LoggedCandidates]:
+        """Every user's candidates in the compact form kept to learn from later (see
+        `LoggedCandidates`; features and logits are not kept).
+
+        >>> cs = from_logged([LoggedCandidates.of([4, 2], [KNN, TRENDING], [0b10001, 0b10000],
+        ...                                      [[0.5, 0.0, 0.0], [0.0, 0.0, 2.0]], [False, True])])
+        >>> log = cs.logged()[0]
+        >>> log.idx.tolist(), log.bits.tolist(), from_logged([log, log]).offsets.tolist()
+        ([4, 2], [17, 16], [0, 2, 4])
+        """
+        bits = (self.source_mask @ _BIT_VALUES).astype(np.uint8)
+        values = np.stack([self.knn, self.covis, self.trending], axis=1).astype(np.float32)
+        idx = self.idx.astype(np.int32)
+        # copies, not views: a kept user must not pin the whole batch's arrays in memory
+        return [
+            LoggedCandidates(
+                idx[a:b].copy(), self.source[a:b].copy(), bits[a:b].copy(), values[a:b].copy(),
+                self.seen[a:b].copy(),
+            )
+            for a, b in pairwise(self.offsets.tolist())
+        ]  # fmt: skip
+
+
+_BIT_VALUES: FloatArray = np.array([2.0**s for s in range(len(SOURCES))])
+
+
+@dataclass(frozen=True, slots=True)
+class LoggedCandidates:
+    """One user's candidate set as it was served, kept compact (int32 items, the sources as
+    bits, the kNN / co-visitation / trending values as float32 rows, the seen flags) so the
+    events that follow the list can learn from the candidates it was chosen from, without
+    generating them again (`from_logged` rebuilds a `CandidateSet`). ~19 bytes a candidate."""
+
+    idx: NDArray[np.int32]
+    source: NDArray[np.int8]
+    bits: NDArray[np.uint8]
+    #: (n, 3) float32: kNN score, co-visitation score, trending score
+    values: NDArray[np.float32]
+    seen: NDArray[np.bool_]
+
+    @classmethod
+    def of(
+        cls,
+        idx: Sequence[int],
+        source: Sequence[int],
+        bits: Sequence[int],
+        values: Sequence[Sequence[float]],
+        seen: Sequence[bool],
+    ) -> LoggedCandidates:
+        """From plain lists (examples and tests)."""
+        return cls(
+            np.array(idx, np.int32),
+            np.array(source, np.int8),
+            np.array(bits, np.uint8),
+            np.array(values, np.float32).reshape(len(idx), 3),
+            np.array(seen, bool),
+        )
+
+    def __len__(self) -> int:
+        return int(self.idx.shape[0])
+
+
+def from_logged(logs: Sequence[LoggedCandidates]) -> CandidateSet:
+    """One `CandidateSet` of several users' logged candidates (user u = `logs[u]`), without
+    features or logits."""
+    lengths = np.array([len(g) for g in logs], np.int64)
+    offsets = np.zeros(len(logs) + 1, np.int64)
+    np.cumsum(lengths, out=offsets[1:])
+    if not logs:
+        z = np.zeros(0)
+        return CandidateSet(np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros((0, len(SOURCES))),
+                            z, z, z, offsets, np.zeros(0, np.int64), np.zeros(0, bool))  # fmt: skip
+    bits = np.concatenate([g.bits for g in logs])
+    values = np.concatenate([g.values for g in logs]).astype(np.float64)
+    mask = ((bits[:, None] >> np.arange(len(SOURCES), dtype=np.uint8)) & 1).astype(np.float64)
+    return CandidateSet(
+        np.concatenate([g.idx for g in logs]).astype(np.int64),
+        np.concatenate([g.source for g in logs]),
+        mask,
+        np.ascontiguousarray(values[:, 1]),
+        np.ascontiguousarray(values[:, 2]),
+        np.ascontiguousarray(values[:, 0]),
+        offsets,
+        np.repeat(np.arange(len(logs)), lengths),
+        np.concatenate([g.seen for g in logs]),
+    )
+
 
 def generate(
     contexts: Sequence[UserContext],
@@ -154,11 +242,11 @@ def generate(
                 continue
             head = covisitation.get(item, ())[: cfg.covis_per_item]
             if head:
-                covis_arrays[item] = (
-                    np.fromiter((ensure(nb) if (i := index.get(nb)) is None else i for nb, _ in head),
-                                np.int64, count=len(head)),
-                    np.fromiter((v for _, v in head), np.float64, count=len(head)),
-                )  # fmt: skip
+                names = [nb for nb, _ in head]
+                found = [index.get(nb) for nb in names]
+                if None in found:
+                    found = [ensure(nb) if i is None else i for nb, i in zip(names, found, strict=True)]
+                covis_arrays[item] = (np.array(found, np.int64), np.array([v for _, v in head], np.float64))
     trend = trending[: cfg.n_trending]
     trend_idx = np.fromiter((ensure(t) if (i := index.get(t)) is None else i for t, _ in trend), np.int64,
                             count=len(trend))  # fmt: skip

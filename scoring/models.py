@@ -194,6 +194,19 @@ class ImplicitMF:
         res[inside] = m[idx[inside]] @ u
         return res
 
+    def scores_many(self, users: Sequence[str], idx: IntArray, offsets: IntArray) -> FloatArray:
+        """`scores(users[u], idx[offsets[u]:offsets[u + 1]])` for every u, as one gather
+        and one row-wise product (0 for an unknown user or item)."""
+        n = idx.shape[0]
+        rows = np.array([self.users.get(u, -1) for u in users], np.int64)
+        row = np.repeat(rows, np.diff(offsets))
+        m = self.item_matrix
+        ok = (row >= 0) & (idx < m.shape[0])
+        out = np.zeros(n)
+        if n and ok.any():
+            out[ok] = np.einsum("ij,ij->i", m[idx[ok]], self.user_matrix[row[ok]])
+        return out
+
     def forget_user(self, user: str) -> None:
         """Drop the user's factors (a returning user starts from fresh random ones); the
         row is reused by the next new user, so the matrix stays as large as the users held."""

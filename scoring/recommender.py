@@ -42,7 +42,6 @@ False
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Final
@@ -291,11 +290,12 @@ class Recommender:
         ts = np.array([c.ts for c in contexts])
         pop_f = np.zeros(n_users)
         pop_den = np.ones(n_users)
-        for u, ctx in enumerate(contexts):
-            pmax = cat.max_popularity(ctx.ts)
-            if pmax > 0.0:
-                pop_f[u] = cat.popularity_factor(ctx.ts)
-                pop_den[u] = math.log1p(pmax)
+        if cat.pop_landmark is not None:  # `popularity_factor` / `max_popularity` of every user
+            factor = 2.0 ** ((cat.pop_landmark - ts) / cat.pop_half_life)
+            pmax = cat.pop_max_raw * factor
+            some = pmax > 0.0
+            pop_f[some] = factor[some]
+            pop_den[some] = np.log1p(pmax[some])
         x[:, 7] = np.log1p(cat.pop_raw[idx] * pop_f[usr]) / pop_den[usr]
         age = np.maximum(ts[usr] - cat.first_ts[idx], 0.0)
         x[:, 9] = np.nan_to_num(np.exp2(-age / self.config.freshness_half_life_s), nan=0.0)
@@ -335,11 +335,7 @@ class Recommender:
             perm = np.argsort(usr, kind="stable")
             seg = np.searchsorted(usr[perm], np.arange(n_users + 1)).tolist()
             idx_s = idx[perm]
-        mf = np.zeros(n)
-        for u, ctx in enumerate(contexts):
-            a, b = seg[u], seg[u + 1]
-            if a < b:
-                mf[a:b] = self.mf.scores(ctx.user_id, idx_s[a:b])
+        mf = self.mf.scores_many([c.user_id for c in contexts], idx_s, np.asarray(seg, np.int64))
         if perm is None:
             x[:, 10] = mf
         else:
@@ -671,9 +667,13 @@ class Recommender:
         if own is None:
             return self.catalog.indices(ctx.long_history)
         if check and ctx.long_history:
-            given = self.catalog.indices(ctx.long_history)
-            if not np.isin(given, own).all():
-                own = np.concatenate((given, own[~np.isin(own, given)]))[: self.config.knn_history]
+            get = self.catalog.index.get
+            mine = own.tolist()
+            given = [j for j in map(get, ctx.long_history) if j is not None]
+            if not set(given).issubset(mine):  # plain Python: ~10 and ~30 items
+                have = set(given)
+                merged = given + [a for a in mine if a not in have]
+                own = np.array(merged[: self.config.knn_history], np.int64)
                 self.histories[ctx.user_id] = own
         return own
 

@@ -205,22 +205,30 @@ class RepeatModel:
         )
         return rates
 
-    def merge(self, main: Sequence[int], items: IntArray, p: FloatArray, k: int) -> list[tuple[int, bool]]:
+    def merge(
+        self,
+        main: Sequence[int],
+        items: IntArray | Sequence[int],
+        p: FloatArray | Sequence[float],
+        k: int,
+        rates: Sequence[float] | None = None,
+    ) -> list[tuple[int, bool]]:
         """The first `k` of the main list (item indices, best first) and the repeat items
-        merged by probability: [(item, is_repeat)], best first (ties: the main list's)."""
+        merged by probability: [(item, is_repeat)], best first (ties: the main list's).
+        `rates`: `slot_rates(k)` as a list, when the caller merges many lists at once.
+        Plain Python: a list has ~10 main and ~20 repeat items."""
         n_main = min(len(main), k)
-        rates = self.slot_rates(n_main)
-        probs = np.concatenate((rates, p))
-        repeat = np.r_[np.zeros(n_main, bool), np.ones(p.shape[0], bool)]
-        every = np.concatenate((np.asarray(main[:n_main], np.int64), items))
+        slot = (self.slot_rates(n_main).tolist() if rates is None else list(rates))[:n_main]
+        probs = slot + (p.tolist() if isinstance(p, np.ndarray) else list(p))
+        rep_items = items.tolist() if isinstance(items, np.ndarray) else list(items)
         # stable: on equal probability the main list's item (listed first) stays ahead
-        order = np.argsort(-probs, kind="stable")[:k]
+        order = sorted(range(len(probs)), key=lambda o: -probs[o])[:k]
         # the main list keeps its order: its first m items fill the m slots it keeps
         out: list[tuple[int, bool]] = []
         m = 0
-        for o in order.tolist():
-            if repeat[o]:
-                out.append((int(every[o]), True))
+        for o in order:
+            if o >= n_main:
+                out.append((int(rep_items[o - n_main]), True))
             else:
                 out.append((int(main[m]), False))
                 m += 1
@@ -314,6 +322,7 @@ def merge_lists(
     user was served is remembered for the slot hit rates. `allow(items)` filters repeat
     items (business rules)."""
     reps = model.candidates(users)
+    rates = model.slot_rates(k).tolist()
     out: list[list[RecItem]] = []
     for u, user in enumerate(users):
         model.serve(user, main_idx[u])
@@ -325,9 +334,10 @@ def merge_lists(
             out.append(main[u])
             continue
         by_item = dict(zip(main_idx[u], main[u], strict=True))
-        prob = dict(zip(items.tolist(), p.tolist(), strict=True))
+        item_l, p_l = items.tolist(), p.tolist()
+        prob = dict(zip(item_l, p_l, strict=True))
         merged = []
-        for item, is_repeat in model.merge(main_idx[u], items, p, k):
+        for item, is_repeat in model.merge(main_idx[u], item_l, p_l, k, rates):
             merged.append(RecItem(ids[item], prob[item], REPEAT_SOURCE) if is_repeat else by_item[item])
         out.append(merged)
     return out

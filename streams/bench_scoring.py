@@ -101,7 +101,8 @@ def run_scoring_bench(
     store = make_store(s, client)
     updater = ProfileUpdater(store)
     rec = Recommender(config or RecommenderConfig(expected_items=items))
-    stage = RecommendationStage(store, rec, StageConfig(k=s.top_k, protocol=protocol))
+    stage_config = StageConfig(k=s.top_k, protocol=protocol, logged_users=s.logged_candidates_max)
+    stage = RecommendationStage(store, rec, stage_config)
     clock = _Clock()
     stage.before_batch = clock.wrap("before", stage.before_batch)  # type: ignore[method-assign]
     updater.before_apply = stage.before_batch
@@ -175,6 +176,7 @@ def run_scoring_bench(
             "stage_ms_per_batch": stage_ms,
             "stage_cpu_ms_per_batch": cpu_ms,
             "us_per_list": 1e6 * clock.seconds["lists"] / max(n_lists, 1),
+            "logged_candidates_used": stage.logged_used / max(stage.logged_used + stage.logged_missed, 1),
             "hr": {name: r["hr"] for name, r in m.items()},
             "ndcg": {name: r["ndcg"] for name, r in m.items()},
         }
@@ -190,7 +192,8 @@ def format_table(r: dict[str, Any]) -> str:
         f"{r['items']:,} items, {r['batches']} batches of <= {r['batch_max_events']:,}, "
         f"protocol {r['protocol']}",
         f"lists per batch {r['lists_per_batch']:.0f}, "
-        f"{r['us_per_list']:.0f} µs per list (whole `lists` stage)",
+        f"{r['us_per_list']:.0f} µs per list (whole `lists` stage), "
+        f"{100 * r['logged_candidates_used']:.0f}% of the learning users' candidates logged at serving",
         "ms per batch (wall): " + "  ".join(f"{k} {ms[k]:.1f}" for k in STAGES),
         "ms per batch (CPU of the worker thread): "
         + "  ".join(f"{k} {r['stage_cpu_ms_per_batch'][k]:.1f}" for k in STAGES),

@@ -50,6 +50,9 @@ class Settings:
     user_cache_max: int = 100_000
     #: neighbours each item's kNN row keeps (pruned at twice as many; 0: every pair)
     knn_max_neighbours: int = 75
+    #: users whose served candidate sets are kept for their next events to learn from
+    #: (~7.5 KB each; 0: generate them again for every batch)
+    logged_candidates_max: int = 10_000
     covis_half_life_s: float = 86400.0
     trending_half_life_s: float = 86400.0
     feast_project: str = "freshrec"

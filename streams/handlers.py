@@ -155,7 +155,10 @@ class ProfileHandler:
                 self.store,
                 recommender,
                 StageConfig(
-                    k=settings.top_k, protocol=settings.prequential, max_users=settings.user_cache_max
+                    k=settings.top_k,
+                    protocol=settings.prequential,
+                    max_users=settings.user_cache_max,
+                    logged_users=settings.logged_candidates_max,
                 ),
             )
             self.updater.before_apply = self.stage.before_batch

@@ -13,7 +13,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from river import reco
 
-from scoring.candidates import CandidateConfig, CandidateSet
+from scoring.candidates import CandidateConfig, CandidateSet, from_logged
 from scoring.catalog import ItemCatalog, top_k_rows
 from scoring.harness import HarnessConfig, Item, _World, replay
 from scoring.knn import CoOccurrence
@@ -171,6 +171,36 @@ def test_learn_batch_equals_learning_event_by_event(seed: int, hard: float) -> N
     # and learning it again is a no-op
     assert rec.learn_batch(batch, contexts, cs, [row[e.user_id] for e in batch],
                            [("events:0", n) for n in range(len(batch))]) == 0  # fmt: skip
+
+
+@settings(max_examples=4, deadline=None)
+@given(seed=st.integers(0, 10_000))
+def test_logged_candidates_rebuild_the_set_they_were_logged_from(seed: int) -> None:
+    """What the stage keeps of a served candidate set (`CandidateSet.logged`) rebuilds it
+    (values to float32), in any order of users, and the events learn the same from it."""
+    rec, world, later = _world(seed, 50, 10, 200)
+    batch = later[:40]
+    users = list(dict.fromkeys(e.user_id for e in batch))
+    contexts, _, covis, trending = _batch_inputs(world, users, batch[0].ts)
+    cs = rec.candidate_batch(contexts, covis, trending, score=False)
+    logs = cs.logged()
+    # each user's log owns its arrays (a kept user must not pin the batch's)
+    assert all(g.idx.base is None and g.values.base is None and g.seen.base is None for g in logs)
+    back = from_logged(logs)
+    for name in ("idx", "source", "source_mask", "offsets", "row_user", "seen"):
+        assert np.array_equal(getattr(back, name), getattr(cs, name)), name
+    for name in ("knn", "covis", "trending"):
+        assert np.allclose(getattr(back, name), getattr(cs, name), rtol=1e-6, atol=0.0), name
+    swapped = from_logged(logs[::-1])
+    assert np.array_equal(swapped.user(0).idx, cs.user(len(users) - 1).idx)
+    # the ranker's weights move the same from the logged set as from the set itself (to
+    # float32 rounding of the kNN / co-visitation / trending features)
+    twin = _twin(rec)
+    rows = [users.index(e.user_id) for e in batch]
+    pos = [("events:0", n) for n in range(len(batch))]
+    learned = rec.learn_batch(batch, contexts, cs, rows, pos)
+    assert learned == twin.learn_batch(batch, contexts, back, rows, pos) == len(batch)
+    assert np.allclose(rec.ranker.w, twin.ranker.w, rtol=1e-4, atol=1e-6)
 
 
 @settings(max_examples=30, deadline=None)
