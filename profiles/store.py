@@ -355,7 +355,8 @@ class RedisFeatureStore:
         EVALSHA like every other instead of NOSCRIPT, SCRIPT LOAD and a retry; a Redis that
         cannot run it fails here, at start. (A Redis restarted later gets it back the same
         way, on its first NOSCRIPT.)"""
-        self._script.sha = self.client.script_load(self._script.script)
+        sha = self.client.script_load(self._script.script)
+        self._script.sha = sha.decode() if isinstance(sha, bytes) else str(sha)
 
     @classmethod
     def from_url(cls, url: str, **kwargs: Any) -> RedisFeatureStore:
