@@ -306,7 +306,10 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from streams.memory import limit_malloc_arenas
     from streams.worker import Worker
+
+    limit_malloc_arenas(settings.malloc_arena_max)  # before any thread starts
 
     if args.group:
         settings = dataclasses.replace(settings, group_id=args.group)

@@ -43,6 +43,12 @@ class Settings:
     group_id: str = "freshrec-worker"
     batch_max_events: int = 2000
     batch_max_wait_ms: int = 20
+    #: KB of messages the Kafka client prefetches per consumer (librdkafka's
+    #: `queued.max.messages.kbytes`, 64 MB by default): a lagging worker holds this much
+    fetch_queue_kb: int = 8192
+    #: glibc malloc arenas of the worker process (0: glibc's default, 8 per core): threads
+    #: (Kafka client, Redis writes, checkpoints) each grow their own arena otherwise
+    malloc_arena_max: int = 2
     dedupe_window: int = 50_000
     half_lives_s: tuple[float, ...] = (3600.0, 86400.0, 604800.0)
     session_gap_s: float = 1800.0

@@ -97,6 +97,8 @@ def make_consumer(settings: Settings, group_id: str | None = None, **overrides: 
         "session.timeout.ms": 10_000,
         "heartbeat.interval.ms": 1_000,
         "max.poll.interval.ms": 300_000,
+        # a bounded prefetch: a worker that falls behind holds this much, not 64 MB
+        "queued.max.messages.kbytes": settings.fetch_queue_kb,
     }
     conf.update(overrides)
     return Consumer(conf)
