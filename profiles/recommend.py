@@ -372,6 +372,11 @@ class RecommendationStage:
             lru_put(self._served, uid, [item.item_id for item in items], self.config.max_users)
         return out
 
+    def drop_logged(self) -> None:
+        """Forget every logged candidate set (partitions revoked: another worker may serve
+        these users meanwhile, so their state can change without a list from this one)."""
+        self._logged.clear()
+
     def forget(self, user_ids: Sequence[str]) -> None:
         for uid in user_ids:
             self._served.pop(uid, None)

@@ -183,6 +183,8 @@ class ProfileHandler:
 
     def on_revoke(self, partitions: list[TopicPartitionKey]) -> None:
         self.updater.revoke(partitions)
+        if self.stage is not None:
+            self.stage.drop_logged()
         log.info("revoked %s", partitions)
 
     def on_catalog(self, items: list[Item], bootstrap: bool) -> None:
