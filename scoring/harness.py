@@ -416,13 +416,18 @@ MOVIELENS_HARNESS = HarnessConfig(
     category_half_life_s=365 * 86400.0,
     baseline_pop_half_life_s=math.inf,
 )
-MOVIELENS_CONFIG = RecommenderConfig(pop_half_life_s=365 * 86400.0, freshness_half_life_s=365 * 86400.0)
+#: a finite data set: exact kNN counts (no neighbour bound), as the documented pipeline run
+MOVIELENS_CONFIG = RecommenderConfig(
+    pop_half_life_s=365 * 86400.0, freshness_half_life_s=365 * 86400.0, knn_max_neighbours=0
+)
 
 
 #: What `freshrec evaluate` runs on MovieLens with the documented command (the worker's
-#: defaults plus FRESHREC_COVIS_HALF_LIFE_S=1e10 FRESHREC_TRENDING_HALF_LIFE_S=1e10):
+#: defaults plus FRESHREC_KNN_MAX_NEIGHBOURS=0 FRESHREC_COVIS_HALF_LIFE_S=1e10
+#: FRESHREC_TRENDING_HALF_LIFE_S=1e10):
 #: recent items from the user's last session, a 10-item history, category affinity with
-#: the profiles' 1-day half-life, all-time trending, `Recommender()`'s default config.
+#: the profiles' 1-day half-life, all-time trending, `Recommender()`'s default config
+#: with exact kNN counts (`PIPELINE_MOVIELENS_CONFIG`).
 PIPELINE_MOVIELENS_HARNESS = replace(
     MOVIELENS_HARNESS,
     trending_half_life_s=math.inf,
@@ -431,6 +436,8 @@ PIPELINE_MOVIELENS_HARNESS = replace(
     history_n=10,
     trending_n=200,
 )
+
+PIPELINE_MOVIELENS_CONFIG = RecommenderConfig(knn_max_neighbours=0)
 
 
 def _override(obj: Any, assignments: Sequence[str]) -> Any:
@@ -468,7 +475,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "--pipeline",
         action="store_true",
         help="emulate what `freshrec evaluate` feeds the recommender "
-        "(PIPELINE_MOVIELENS_HARNESS, the default RecommenderConfig)",
+        "(PIPELINE_MOVIELENS_HARNESS, PIPELINE_MOVIELENS_CONFIG)",
     )
     p.add_argument(
         "--set",
@@ -494,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         base, hc0 = RecommenderConfig(), HarnessConfig()  # the profiles' defaults
     else:
         events, items = load_movielens(args.movielens, args.limit)
-        base = RecommenderConfig() if args.pipeline else MOVIELENS_CONFIG
+        base = PIPELINE_MOVIELENS_CONFIG if args.pipeline else MOVIELENS_CONFIG
         hc0 = PIPELINE_MOVIELENS_HARNESS if args.pipeline else MOVIELENS_HARNESS
     cfg = _override(replace(base, expected_items=len(items), explore=not args.no_explore), args.set)
     hc = _override(hc0, args.harness_set)

@@ -28,11 +28,10 @@ True
 from __future__ import annotations
 
 import argparse
-import json
 from dataclasses import replace
 from typing import Any
 
-from streams.bench_scoring import run_scoring_bench
+from streams.bench_scoring import report, run_scoring_bench
 from streams.config import Settings
 
 #: the stages whose CPU adds up to the worker thread's work per batch (`reads` is inside them)
@@ -123,10 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     if not sizes or min(sizes) < 1:
         p.error(f"--sizes {args.sizes!r}: expected positive integers, e.g. 25,100,2000")
     result = run(Settings.from_env(), sizes, args.users, args.items, args.events, args.warmup)
-    print(format_table(result))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=2)
+    report(format_table(result), result, args.json)
     return 0
 
 

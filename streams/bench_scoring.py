@@ -225,11 +225,16 @@ def main(argv: list[str] | None = None) -> int:
         protocol=args.protocol,
         profile_out=args.profile,
     )
-    print(format_table(result))
-    if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(result, fh, indent=2)
+    report(format_table(result), result, args.json)
     return 0
+
+
+def report(table: str, result: dict[str, Any], json_out: str | None) -> None:
+    """Print a bench's table and, with `json_out`, write its result there as JSON."""
+    print(table)
+    if json_out:
+        with open(json_out, "w") as fh:
+            json.dump(result, fh, indent=2)
 
 
 if __name__ == "__main__":
