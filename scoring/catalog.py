@@ -291,6 +291,12 @@ class ItemCatalog:
             return 0.0
         return float(2.0 ** ((self.pop_landmark - at) / self.pop_half_life))
 
+    def popularity_factors(self, at: FloatArray) -> FloatArray:
+        """`popularity_factor` at every time of `at` (zeros before any popularity)."""
+        if self.pop_landmark is None:
+            return np.zeros(at.shape[0])
+        return np.asarray(2.0 ** ((self.pop_landmark - at) / self.pop_half_life), np.float64)
+
     def max_popularity(self, at: float) -> float:
         """The largest decayed popularity, read at `at`."""
         if self.pop_landmark is None:

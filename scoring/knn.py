@@ -237,8 +237,7 @@ class CoOccurrence:
         self.gap_decay = gap_decay
         self.n_recent = n_recent
         self.recency_decay = recency_decay
-        #: the neighbours a row keeps when it is pruned (at 2x this many); 0: every pair
-        self.max_neighbours = max_neighbours
+        #: `pairs.cap`: the neighbours a row keeps when it is pruned (at 2x that); 0: every pair
         self.pairs = SparseRows(cap=max_neighbours)
         self.count: FloatArray = np.zeros(64)
         self._gap_w: FloatArray = gap_decay ** np.arange(max(window, 1), dtype=np.float64)
@@ -287,6 +286,11 @@ class CoOccurrence:
         uniq, inv = np.unique(keys, return_inverse=True)
         total = np.bincount(inv, weights=vals, minlength=uniq.shape[0])
         self.pairs.add_many((uniq // width).tolist(), (uniq % width).tolist(), total.tolist())
+
+    @property
+    def max_neighbours(self) -> int:
+        """The neighbours a row keeps when it is pruned (`pairs.cap`; 0: every pair)."""
+        return self.pairs.cap
 
     def pair(self, a: int, b: int) -> float:
         """The co-occurrence count C(a, b) (b after a: full weight; a after b: `backward`)."""

@@ -290,12 +290,11 @@ class Recommender:
         ts = np.array([c.ts for c in contexts])
         pop_f = np.zeros(n_users)
         pop_den = np.ones(n_users)
-        if cat.pop_landmark is not None:  # `popularity_factor` / `max_popularity` of every user
-            factor = 2.0 ** ((cat.pop_landmark - ts) / cat.pop_half_life)
-            pmax = cat.pop_max_raw * factor
-            some = pmax > 0.0
-            pop_f[some] = factor[some]
-            pop_den[some] = np.log1p(pmax[some])
+        factor = cat.popularity_factors(ts)
+        pmax = cat.pop_max_raw * factor  # `max_popularity` of every user
+        some = pmax > 0.0
+        pop_f[some] = factor[some]
+        pop_den[some] = np.log1p(pmax[some])
         x[:, 7] = np.log1p(cat.pop_raw[idx] * pop_f[usr]) / pop_den[usr]
         age = np.maximum(ts[usr] - cat.first_ts[idx], 0.0)
         x[:, 9] = np.nan_to_num(np.exp2(-age / self.config.freshness_half_life_s), nan=0.0)
