@@ -152,9 +152,9 @@ class RepeatModel:
         col = 3
         x[:, col : col + len(_RECENCY_S)] = np.exp2(-dt[:, None] / _RECENCY_ARRAY)
         col += len(_RECENCY_S)
-        for p, code in enumerate(mem.last_type):
-            if code >= 0:
-                x[p, col + code] = 1.0
+        codes = np.array(mem.last_type, np.int64)
+        typed = np.flatnonzero(codes >= 0)
+        x[typed, col + codes[typed]] = 1.0
         col += len(_TYPES)
         t0 = mem.last_type[0]
         if 0 <= t0 < 3:
