@@ -32,6 +32,7 @@ import numpy as np
 from numpy.typing import NDArray
 from river import linear_model, optim, reco
 
+from scoring.rowdot import gathered_rowdot
 from scoring.types import FloatArray
 
 __all__ = ["ImplicitMF", "PairwiseRanker", "Ranker", "RatingModel"]
@@ -204,7 +205,7 @@ class ImplicitMF:
         ok = (row >= 0) & (idx < m.shape[0])
         out = np.zeros(n)
         if n and ok.any():
-            out[ok] = np.einsum("ij,ij->i", m[idx[ok]], self.user_matrix[row[ok]])
+            out[ok] = gathered_rowdot(m, idx[ok], self.user_matrix, row[ok])
         return out
 
     def forget_user(self, user: str) -> None:

@@ -57,6 +57,7 @@ from scoring.knn import CoOccurrence
 from scoring.models import ImplicitMF, PairwiseRanker, RatingModel
 from scoring.repeat import RepeatConfig, RepeatModel, merge_lists
 from scoring.rerank import RerankConfig, RuleSet, select
+from scoring.rowdot import gathered_rowdot
 from scoring.types import (
     DEFAULT_TYPE_WEIGHTS,
     SOURCES,
@@ -323,7 +324,7 @@ class Recommender:
                     total += sc
             if total > 0.0:
                 totals[u] = total
-        x[:, 5] = np.einsum("ij,ij->i", cat.vectors[idx], queries[usr])
+        x[:, 5] = gathered_rowdot(cat.vectors, idx, queries, usr)
         x[:, 6] = affinity[usr[:, None], cat.cat_matrix[idx]].sum(axis=1) / totals[usr]
         # the MF logit, user by user
         if rows is None:

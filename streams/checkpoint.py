@@ -18,7 +18,8 @@ neither loses nor repeats learning:
 
 Keys (`<ns>` = the Feast project, `<group>` = the consumer group):
 
-- `<ns>:model:<group>:<worker id>`: the checkpoint, `MAGIC` + zlib(pickle(state));
+- `<ns>:model:<group>:<worker id>`: the checkpoint, `MAGIC` + zlib(pickle(state)), pickled
+  straight into the compressor (`encode`: the process never holds the whole pickle);
 - `<ns>:models:<group>`: a hash worker id -> JSON summary (events learned, offsets, bytes,
   when it was written), so tools can list checkpoints without loading them.
 
@@ -75,17 +76,17 @@ class ModelCheckpoints:
 
     @staticmethod
     def snapshot(recommender: Recommender) -> tuple[bytes, dict[str, Any], float]:
-        """The model pickled now (the part that must not overlap learning) and its summary;
-        `write` may then run in another thread."""
+        """The model's checkpoint blob now (pickled and compressed as one stream: the part
+        that must not overlap learning) and its summary; `write` may then run in another
+        thread."""
         started = time.perf_counter()
-        raw = pickle.dumps(recommender.state(), protocol=5)
+        blob = encode(recommender.state())
         summary = {"events_learned": recommender.events_learned, "offsets": dict(recommender.offsets)}
-        return raw, summary, time.perf_counter() - started
+        return blob, summary, time.perf_counter() - started
 
-    def write(self, raw: bytes, summary: dict[str, Any], seconds: float = 0.0) -> CheckpointInfo:
-        """Compress a `snapshot` and store it with its summary in one MULTI/EXEC."""
+    def write(self, blob: bytes, summary: dict[str, Any], seconds: float = 0.0) -> CheckpointInfo:
+        """Store a `snapshot`'s blob with its summary in one MULTI/EXEC."""
         started = time.perf_counter()
-        blob = MAGIC + zlib.compress(raw, 1)
         summary = summary | {"bytes": len(blob), "written_at": time.time()}  # informational
         pipe = self.client.pipeline(transaction=True)
         pipe.set(self.key(), blob)
@@ -127,6 +128,51 @@ class ModelCheckpoints:
             time.perf_counter() - started,
         )
         return recommender, info
+
+
+class _Deflater:
+    """A write-only file that compresses what it is given as it comes: `pickle.dump` into it
+    holds the compressed checkpoint and one pickle frame (64 KB) at a time, never the whole
+    pickle beside its compressed copy (and numpy arrays reach it as buffers, not copies).
+
+    >>> out = _Deflater()
+    >>> out.write(b"abc" * 1000), out.write(memoryview(b"def"))
+    (3000, 3)
+    >>> blob = out.close()
+    >>> blob.startswith(MAGIC), zlib.decompress(blob[len(MAGIC) :]) == b"abc" * 1000 + b"def"
+    (True, True)
+    """
+
+    def __init__(self, level: int = 1) -> None:
+        self._zlib = zlib.compressobj(level)
+        self._chunks = [MAGIC]
+        #: bytes pickled so far (before compression)
+        self.raw_bytes = 0
+
+    def write(self, data: bytes | memoryview | pickle.PickleBuffer) -> int:
+        size = memoryview(data).nbytes
+        if chunk := self._zlib.compress(data):
+            self._chunks.append(chunk)
+        self.raw_bytes += size
+        return size
+
+    def close(self) -> bytes:
+        """`MAGIC` + the zlib stream: what `zlib.compress(raw, level)` would have made."""
+        self._chunks.append(self._zlib.flush())
+        blob = b"".join(self._chunks)
+        self._chunks = []
+        return blob
+
+
+def encode(state: dict[str, Any]) -> bytes:
+    """A checkpoint blob: `MAGIC` + zlib(pickle(state)), pickled straight into the compressor.
+
+    >>> decode(encode({"format": 1, "w": [0.5] * 3}))
+    {'format': 1, 'w': [0.5, 0.5, 0.5]}
+    """
+    out = _Deflater()
+    pickle.dump(state, out, protocol=5)
+    return out.close()
 
 
 def decode(blob: bytes) -> dict[str, Any]:

@@ -180,7 +180,8 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument(
         "--rss-warmup-minutes", type=float, default=None,
-        help="RSS also reported from this minute of the RSS run on (default 2)",
+        help="minutes at the same load before the --rss-minutes window (default 2; RSS is reported "
+        "over the whole run and over the window)",
     )  # fmt: skip
     bench.add_argument(
         "--workers", type=int, default=1,
@@ -306,10 +307,11 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.memory import limit_malloc_arenas
+    from streams.memory import fix_mmap_threshold, limit_malloc_arenas
     from streams.worker import Worker
 
     limit_malloc_arenas(settings.malloc_arena_max)  # before any thread starts
+    fix_mmap_threshold(settings.malloc_mmap_threshold_kb)
 
     if args.group:
         settings = dataclasses.replace(settings, group_id=args.group)

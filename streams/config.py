@@ -49,6 +49,11 @@ class Settings:
     #: glibc malloc arenas of the worker process (0: glibc's default, 8 per core): threads
     #: (Kafka client, Redis writes, checkpoints) each grow their own arena otherwise
     malloc_arena_max: int = 2
+    #: glibc's mmap threshold, KB, pinned (the heap's trim threshold at twice it; 0: glibc's
+    #: moving thresholds, which keep up to 64 MB of freed memory, see `streams.memory`)
+    malloc_mmap_threshold_kb: int = 1024
+    #: hand the heaps' free pages back to the system after each model checkpoint (malloc_trim)
+    malloc_trim: bool = True
     dedupe_window: int = 50_000
     half_lives_s: tuple[float, ...] = (3600.0, 86400.0, 604800.0)
     session_gap_s: float = 1800.0

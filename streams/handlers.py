@@ -19,6 +19,7 @@ from scoring.rerank import RerankConfig
 from streams.checkpoint import CheckpointInfo, ModelCheckpoints
 from streams.config import Settings
 from streams.errors import ConfigError
+from streams.memory import release_free_memory
 from streams.publish import Publisher, RecList
 from streams.worker import DecodedBatch, TopicPartitionKey
 
@@ -239,8 +240,8 @@ class ProfileHandler:
         self.stats.relearned_events += self.stage.relearn(states, events, [coords[k] for k in picked])
 
     def _maybe_checkpoint(self) -> None:
-        """Save the models in the background when the interval has passed (pickled here,
-        compressed and written by a thread; at most one save in flight)."""
+        """Save the models in the background when the interval has passed (pickled and
+        compressed here, written by a thread; at most one save in flight)."""
         if self._checkpoint_writing is not None:
             if not self._checkpoint_writing.done():
                 return
@@ -265,12 +266,20 @@ class ProfileHandler:
         return info
 
     def _checkpoint_done(self, info: CheckpointInfo) -> None:
+        """Count a save, then hand the heap pages its buffers freed back (`malloc_trim`)."""
         self._checkpoint_writing = None
         self._checkpointed_events = info.events_learned
         self.stats.checkpoints += 1
         self.stats.last_checkpoint = info
+        started = time.perf_counter()
+        trimmed = self.settings.malloc_trim and release_free_memory()
         log.debug(
-            "checkpoint: %d events learned, %d bytes, %.3f s", info.events_learned, info.bytes, info.seconds
+            "checkpoint: %d events learned, %d bytes, %.3f s; malloc_trim %s in %.3f s",
+            info.events_learned,
+            info.bytes,
+            info.seconds,
+            trimmed,
+            time.perf_counter() - started,
         )
 
     def _lists_of(self, batch: DecodedBatch, coords: list[tuple[str, int, int]]) -> None:

@@ -1,0 +1,119 @@
+"""What a model checkpoint costs the worker: time and the transient peak of its memory.
+
+    python -m streams.bench_checkpoint --key '<ns>:model:<group>:<worker id>' [--rounds 2]
+    python -m streams.bench_checkpoint --file model.blob [--json OUT]
+
+Loads a checkpoint (a worker's, from Redis, or a blob saved to a file), then encodes its
+state again in fresh child processes, alternating the two ways:
+
+- `one-shot`: `zlib.compress(pickle.dumps(state), 1)`, as checkpoints were made before: the
+  whole pickle, the pickler's growing buffer and the compressed copy live at once;
+- `streamed`: `streams.checkpoint.encode`, the pickle written straight into the compressor.
+
+Per run: seconds, the blob's bytes, and the peak RSS above the RSS before the encoding
+(Linux: `VmHWM` reset through `/proc/self/clear_refs` once the state is loaded).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pickle
+import statistics
+import subprocess
+import sys
+import time
+import zlib
+from pathlib import Path
+from typing import Any
+
+import redis
+
+from streams.checkpoint import MAGIC, decode, encode
+from streams.config import Settings
+
+WAYS = ("one-shot", "streamed")
+
+
+def _vm(field: str) -> int:
+    """A `Vm*` line of /proc/self/status, in bytes."""
+    with open("/proc/self/status") as status:
+        for line in status:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) * 1024
+    raise KeyError(field)
+
+
+def measure(state: dict[str, Any], way: str) -> dict[str, Any]:
+    """Encode `state` one way; seconds, bytes and the peak RSS above the start (this process)."""
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")  # VmHWM := VmRSS
+    before = _vm("VmRSS")
+    started = time.perf_counter()
+    blob = zlib.compress(pickle.dumps(state, protocol=5), 1) if way == "one-shot" else encode(state)
+    seconds = time.perf_counter() - started
+    return {
+        "way": way,
+        "seconds": seconds,
+        "bytes": len(blob),
+        "peak_above_mb": (_vm("VmHWM") - before) / 1e6,
+        "rss_before_mb": before / 1e6,
+    }
+
+
+def _child(path: str, way: str) -> None:
+    state = decode(Path(path).read_bytes())
+    print(json.dumps(measure(state, way)))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m streams.bench_checkpoint", description=__doc__)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--key", help="a checkpoint's Redis key (FRESHREC_REDIS_URL's Redis)")
+    source.add_argument("--file", help="a checkpoint blob saved to a file")
+    parser.add_argument("--rounds", type=int, default=2, help="runs of each way, alternated")
+    parser.add_argument("--json", help="write the runs here")
+    parser.add_argument("--child", choices=WAYS, help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    if args.child:
+        _child(args.file, args.child)
+        return 0
+    if args.key:
+        blob = redis.Redis.from_url(Settings.from_env().redis_url).get(args.key)
+        if blob is None:
+            parser.error(f"no checkpoint under {args.key!r}")
+        path = Path(f"/tmp/freshrec-bench-checkpoint-{time.time_ns()}.blob")
+        path.write_bytes(blob)
+    else:
+        path = Path(args.file)
+    raw = len(zlib.decompress(path.read_bytes()[len(MAGIC) :]))
+    runs = []
+    try:
+        for _ in range(args.rounds):
+            for way in WAYS:
+                cmd = [sys.executable, "-m", "streams.bench_checkpoint", "--file", str(path), "--child", way]
+                out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+                runs.append(json.loads(out.splitlines()[-1]))
+                r = runs[-1]
+                print(
+                    f"{way:<9} {r['seconds']:6.2f} s  blob {r['bytes'] / 1e6:6.1f} MB  "
+                    f"peak +{r['peak_above_mb']:6.1f} MB over {r['rss_before_mb']:,.0f} MB",
+                    flush=True,
+                )
+    finally:
+        if args.key:
+            path.unlink()
+    print(f"pickle {raw / 1e6:.1f} MB; medians:")
+    for way in WAYS:
+        mine = [r for r in runs if r["way"] == way]
+        print(
+            f"  {way:<9} {statistics.median(r['seconds'] for r in mine):.2f} s, "
+            f"peak +{statistics.median(r['peak_above_mb'] for r in mine):.1f} MB"
+        )
+    if args.json:
+        Path(args.json).write_text(json.dumps({"pickle_bytes": raw, "runs": runs}, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
