@@ -41,6 +41,7 @@ from confluent_kafka import Consumer, KafkaError, Producer, TopicPartition
 
 from streams.config import Settings
 from streams.errors import FreshrecError
+from streams.kafka_io import committed_offsets
 
 #: Offered loads, as fractions of each pipeline's own measured maximum.
 LOAD_FRACTIONS = (0.25, 0.5, 0.9)
@@ -196,7 +197,7 @@ class GroupProgress:
         self.tps = partitions_of(self.consumer, topic)
 
     def committed(self) -> int:
-        return sum(max(tp.offset, 0) for tp in self.consumer.committed(self.tps, timeout=10))
+        return sum(max(tp.offset, 0) for tp in committed_offsets(self.consumer, self.tps))
 
     def end(self) -> int:
         return sum(self.consumer.get_watermark_offsets(tp, timeout=10)[1] for tp in self.tps)

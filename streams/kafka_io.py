@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import Consumer, KafkaException, Producer
+from confluent_kafka import Consumer, KafkaError, KafkaException, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic
 
 from streams.config import Settings
@@ -117,12 +118,39 @@ def take_batch(consumer: Consumer, n: int, timeout: float) -> list[Any]:
     return [first, *consumer.consume(n - 1, 0)] if n > 1 else [first]
 
 
+#: the group coordinator not ready yet (a fresh broker still loads its offsets topic)
+_COORDINATOR_BUSY = frozenset(
+    {
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError._TIMED_OUT,
+    }
+)
+
+
+def committed_offsets(
+    consumer: Consumer, partitions: list[TopicPartition], patience_s: float = 30.0
+) -> list[TopicPartition]:
+    """`consumer.committed(partitions)`, asked again every 0.5 s for up to `patience_s` while
+    the broker answers with a retriable error: a broker started moments ago answers
+    NOT_COORDINATOR until its group coordinator has loaded. Other errors raise at once."""
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            return list(consumer.committed(partitions, timeout=10))
+        except KafkaException as exc:
+            error = exc.args[0] if exc.args else None
+            busy = isinstance(error, KafkaError) and (error.retriable() or error.code() in _COORDINATOR_BUSY)
+            if not busy or time.monotonic() > deadline:
+                raise
+            time.sleep(0.5)
+
+
 def group_lag(
     settings: Settings, topics: list[str] | None = None, group_id: str | None = None
 ) -> dict[str, int]:
     """Messages not yet committed by the consumer group, per topic (end offset - committed)."""
-    from confluent_kafka import TopicPartition
-
     probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers,
                       "group.id": group_id or settings.group_id, "enable.auto.commit": False})  # fmt: skip
     try:
@@ -134,7 +162,7 @@ def group_lag(
                 continue
             tps = [TopicPartition(topic, p) for p in found.partitions]
             total = 0
-            for tp in probe.committed(tps, timeout=10):
+            for tp in committed_offsets(probe, tps):
                 low, high = probe.get_watermark_offsets(tp, timeout=10)
                 total += high - (tp.offset if tp.offset >= 0 else low)
             lag[topic] = total
@@ -145,8 +173,6 @@ def group_lag(
 
 def end_offsets_total(settings: Settings, topic: str) -> int:
     """Sum of the high watermarks of `topic` (how many messages it ever received)."""
-    from confluent_kafka import TopicPartition
-
     probe = Consumer({"bootstrap.servers": settings.kafka_bootstrap_servers, "group.id": "freshrec-probe"})
     try:
         found = probe.list_topics(topic, timeout=10).topics.get(topic)
