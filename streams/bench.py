@@ -633,21 +633,9 @@ def run_rss(
             "warmup_minutes": opts.rss_warmup_minutes,
             "offered_per_s": rate,
             "achieved_per_s": report.achieved,
-            # the whole run, warm-up included
-            "first_mb": whole["first_mb"],
-            "last_mb": whole["last_mb"],
-            "max_mb": whole["max_mb"],
-            "min_mb": whole["min_mb"],
-            "growth_pct": whole["growth_pct"],
-            "max_over_first_pct": whole["max_over_first_pct"],
-            "flat_within_10pct": whole["flat_within_10pct"],
-            # the window after the warm-up (steady state)
-            "after_warmup_first_mb": steady["first_mb"],
-            "after_warmup_max_mb": steady["max_mb"],
-            "after_warmup_min_mb": steady["min_mb"],
-            "after_warmup_growth_pct": steady["growth_pct"],
-            "after_warmup_max_over_first_pct": steady["max_over_first_pct"],
-            "after_warmup_flat_within_10pct": steady["flat_within_10pct"],
+            **whole,  # the whole run, warm-up included
+            # the window after the warm-up (steady state; it ends where the whole run does)
+            **{f"after_warmup_{k}": v for k, v in steady.items() if k != "last_mb"},
             "latency_ms": percentiles(outputs.latencies(report.started_ms)),
             "events_sent": report.sent,
             "recycled": opts.events + report.sent > len(pool),
