@@ -593,6 +593,13 @@ def run_rss(
     """freshrec at 50% of its maximum for `rss_warmup_minutes`, then `rss_minutes` more (the
     window), its RSS sampled every few seconds throughout.
 
+    The maximum is measured twice on a backlog of `opts.events`: on the fresh world (the
+    warm-up runs at half of it), and again after the warm-up, once the caches, the kNN rows
+    and the co-visitation lists have grown (the window runs at half of that one). A worker
+    costs more per event as its state grows, so half the fresh maximum can be all of the
+    warmed-up one: the worker would then run behind for the whole window, and the RSS would
+    measure its backlog, not its state.
+
     Reported both ways: over the whole run, from the first sample at load (the warm-up shows
     the caches filling to their bounds), and over the window alone (steady state: its first
     sample against its last and its maximum). The stream is sized from the comparison's
@@ -600,24 +607,30 @@ def run_rss(
     repeats (no new users: `recycled` says so).
     """
     warmup_s = opts.rss_warmup_minutes * 60.0
-    seconds = warmup_s + opts.rss_minutes * 60.0
+    window_s = opts.rss_minutes * 60.0
     guess = max_rate or 2_000.0
-    pool = workload.pool(opts.events + int(0.5 * guess * seconds * 2.5) + 100)
+    pool = workload.pool(2 * opts.events + int(0.5 * guess * (warmup_s + window_s) * 2.5) + 100)
     with PipelineRun.create("freshrec", base, workdir, say) as run:
         run.fill(workload.catalog(len(pool)), pool.messages(0, opts.events))
         run.start()
-        assert run.worker is not None
-        rate = 0.5 * run.max_throughput(opts.events, opts.cap_s)["events_per_s"]
+        assert run.worker is not None and run.progress is not None
+        fresh_max = run.max_throughput(opts.events, opts.cap_s)["events_per_s"]
         s = run.settings
         producer = load_producer(s)
-        out_start = end_offsets(s, s.topic_recommendations)
         began = time.monotonic()
-        say(
-            f"rss: {rate:,.0f} events/s for {opts.rss_warmup_minutes:g} min of warm-up, "
-            f"then {opts.rss_minutes:g} min measured"
-        )
-        report = send_paced(producer, s.topic_events, pool, opts.events, rate, seconds)
-        assert run.progress is not None
+        say(f"rss: {0.5 * fresh_max:,.0f} events/s for {opts.rss_warmup_minutes:g} min of warm-up")
+        warm = send_paced(producer, s.topic_events, pool, opts.events, 0.5 * fresh_max, warmup_s)
+        watch(run.progress, run.worker.sampler, run.progress.end(), opts.drain_s, run._alive)
+        # the maximum again, on a backlog of the same size, in the warmed-up state
+        start = opts.events + warm.sent
+        now_ms = time.time_ns() // 1_000_000
+        run.fill_events([pool.message(i, now_ms) for i in range(start, start + opts.events)])
+        warm_max = run.max_throughput(run.progress.end(), opts.cap_s)["events_per_s"]
+        rate = 0.5 * warm_max
+        say(f"rss: {rate:,.0f} events/s for {opts.rss_minutes:g} min, measured")
+        out_start = end_offsets(s, s.topic_recommendations)
+        window_began = time.monotonic()
+        report = send_paced(producer, s.topic_events, pool, start + opts.events, rate, window_s)
         watch(run.progress, run.worker.sampler, run.progress.end(), opts.drain_s, run._alive)
         outputs = read_outputs(s, s.topic_recommendations, out_start, end_offsets(s, s.topic_recommendations))
         series = [(at - began, rss / 1e6) for at, rss, _ in run.worker.sampler.samples if at >= began]
@@ -626,21 +639,26 @@ def run_rss(
         ]
         if not series:
             raise FreshrecError("no RSS samples during the RSS run")
-        window = [(t, mb) for t, mb in series if t >= warmup_s] or series[-1:]
+        window = [(t, mb) for t, mb in series if t >= window_began - began] or series[-1:]
         whole, steady = rss_growth(series), rss_growth(window)
+        sent = start + opts.events + report.sent
         return {
             "minutes": opts.rss_minutes,
             "warmup_minutes": opts.rss_warmup_minutes,
+            "max_fresh_per_s": fresh_max,
+            "warmup_offered_per_s": 0.5 * fresh_max,
+            "max_after_warmup_per_s": warm_max,
             "offered_per_s": rate,
             "achieved_per_s": report.achieved,
             **whole,  # the whole run, warm-up included
             # the window after the warm-up (steady state; it ends where the whole run does)
             **{f"after_warmup_{k}": v for k, v in steady.items() if k != "last_mb"},
+            "window_starts_s": round(window_began - began, 1),
             "latency_ms": percentiles(outputs.latencies(report.started_ms)),
-            "events_sent": report.sent,
-            "recycled": opts.events + report.sent > len(pool),
+            "events_sent": sent - opts.events,
+            "recycled": sent > len(pool),
             "users_seen_at_start": len(pool.users(0, opts.events)),
-            "users_seen_at_end": len(pool.users(0, opts.events + report.sent)),
+            "users_seen_at_end": len(pool.users(0, sent)),
             "model_users_at_end": _model_users(run.settings, say),
             "samples_mb": every,
         }
@@ -893,8 +911,9 @@ def format_table(result: dict[str, Any]) -> str:
         r = result["rss"]
         model_users = r.get("model_users_at_end")
         lines.append(
-            f"RSS over the whole run ({r['warmup_minutes']:g} min warm-up + {r['minutes']:g} min) at "
-            f"{r['achieved_per_s']:,.0f} events/s: start {r['first_mb']:,.0f} MB, end {r['last_mb']:,.0f} MB "
+            f"RSS over the whole run ({r['warmup_minutes']:g} min warm-up at "
+            f"{r['warmup_offered_per_s']:,.0f} events/s, the maximum again, {r['minutes']:g} min): "
+            f"start {r['first_mb']:,.0f} MB, end {r['last_mb']:,.0f} MB "
             f"({r['growth_pct']:+.1f}%), max {r['max_mb']:,.0f} MB ({r['max_over_first_pct']:+.1f}%): "
             f"{'flat' if r['flat_within_10pct'] else 'NOT flat'} within 10%; users seen "
             f"{r['users_seen_at_start']:,} -> {r['users_seen_at_end']:,}"
@@ -902,7 +921,9 @@ def format_table(result: dict[str, Any]) -> str:
             + ("; the stream repeated itself (no new users) at its end" if r["recycled"] else "")
         )
         lines.append(
-            f"RSS over the {r['minutes']:g} min after the warm-up: "
+            f"RSS over the {r['minutes']:g} min after the warm-up, at {r['offered_per_s']:,.0f} events/s "
+            f"(half the maximum measured again after the warm-up, {r['max_after_warmup_per_s']:,.0f}/s; "
+            f"{r['max_fresh_per_s']:,.0f}/s on the fresh world): "
             f"start {r['after_warmup_first_mb']:,.0f} MB, "
             f"end {r['last_mb']:,.0f} MB ({r['after_warmup_growth_pct']:+.1f}%), max "
             f"{r['after_warmup_max_mb']:,.0f} MB ({r['after_warmup_max_over_first_pct']:+.1f}%): "

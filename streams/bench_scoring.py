@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import cProfile
+import gc
 import json
 import sys
 import time
@@ -48,17 +49,34 @@ from streams.config import Settings
 from streams.contract import decode_event, decode_item
 from streams.errors import Coordinates
 from streams.handlers import make_store
+from streams.memory import tune_gc
 from streams.simulate import SimulationConfig, generate_events, generate_items
 
 STAGES = ("profile", "before", "learn", "lists", "reads")
 
 
 class _Clock:
-    """Accumulates the wall time of wrapped calls per stage name."""
+    """Accumulates the wall time of wrapped calls per stage name, and of the cyclic garbage
+    collector's passes (`gc_seconds`, between `watch_gc` and `unwatch_gc`)."""
 
     def __init__(self) -> None:
         self.seconds = dict.fromkeys(STAGES, 0.0)
         self.cpu = dict.fromkeys(STAGES, 0.0)
+        self.gc_seconds = 0.0
+        self._gc_start = 0.0
+
+    def _on_gc(self, phase: str, info: dict[str, int]) -> None:
+        if phase == "start":
+            self._gc_start = time.perf_counter()
+        else:
+            self.gc_seconds += time.perf_counter() - self._gc_start
+
+    def watch_gc(self) -> None:
+        gc.callbacks.append(self._on_gc)
+
+    def unwatch_gc(self) -> None:
+        if self._on_gc in gc.callbacks:
+            gc.callbacks.remove(self._on_gc)
 
     def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -75,6 +93,7 @@ class _Clock:
         for name in STAGES:
             self.seconds[name] = 0.0
             self.cpu[name] = 0.0
+        self.gc_seconds = 0.0
 
 
 def run_scoring_bench(
@@ -113,12 +132,15 @@ def run_scoring_bench(
     lists = clock.wrap("lists", stage.lists)
     submit = clock.wrap("profile", updater.submit)
     profiler = cProfile.Profile() if profile_out else None
+    gc_default, gc_tuned = gc.get_threshold(), False
     try:
         updater.add_items(catalog)
         vectors = {i.item_id: meta.vector for i in catalog if (meta := updater.catalog.get(i.item_id))}
         stage.add_items(catalog, vectors)
         updater.assign([("bench", p) for p in range(PARTITIONS)])
         offsets = dict.fromkeys(range(PARTITIONS), -1)
+        gc_tuned = tune_gc(s.gc_gen0_threshold)  # as `freshrec worker` does after start-up
+        clock.watch_gc()
         size = s.batch_max_events
         batch_s: list[float] = []
         n_lists = 0
@@ -176,11 +198,17 @@ def run_scoring_bench(
             "stage_ms_per_batch": stage_ms,
             "stage_cpu_ms_per_batch": cpu_ms,
             "us_per_list": 1e6 * clock.seconds["lists"] / max(n_lists, 1),
+            "gc_gen0_threshold": s.gc_gen0_threshold if gc_tuned else gc.get_threshold()[0],
+            "gc_ms_per_batch": 1e3 * clock.gc_seconds / nb,
             "logged_candidates_used": stage.logged_used / max(stage.logged_used + stage.logged_missed, 1),
             "hr": {name: r["hr"] for name, r in m.items()},
             "ndcg": {name: r["ndcg"] for name, r in m.items()},
         }
     finally:
+        clock.unwatch_gc()
+        if gc_tuned:  # the caller's process gets its collector back as it was
+            gc.unfreeze()
+            gc.set_threshold(*gc_default)
         _drop(client, s.feast_project)
         client.close()
 
@@ -197,6 +225,8 @@ def format_table(r: dict[str, Any]) -> str:
         "ms per batch (wall): " + "  ".join(f"{k} {ms[k]:.1f}" for k in STAGES),
         "ms per batch (CPU of the worker thread): "
         + "  ".join(f"{k} {r['stage_cpu_ms_per_batch'][k]:.1f}" for k in STAGES),
+        f"garbage collector: {r['gc_ms_per_batch']:.1f} ms per batch (wall, in the stages above; "
+        f"youngest generation every {r['gc_gen0_threshold']:,} allocations)",
         f"events/s: whole step {r['events_per_s']:,.0f}   recommendation stage alone "
         f"{r['recommend_events_per_s']:,.0f} (per CPU second: {r['recommend_events_per_cpu_s']:,.0f})",
         "HR@10 " + "  ".join(f"{k} {v:.4f}" for k, v in r["hr"].items()),

@@ -307,7 +307,7 @@ def cmd_simulate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from streams.memory import fix_mmap_threshold, limit_malloc_arenas
+    from streams.memory import fix_mmap_threshold, limit_malloc_arenas, tune_gc
     from streams.worker import Worker
 
     limit_malloc_arenas(settings.malloc_arena_max)  # before any thread starts
@@ -318,6 +318,7 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     from streams.metrics import WorkerMetrics, serve
 
     handler = _make_handler(settings)
+    tune_gc(settings.gc_gen0_threshold)  # after start-up: the modules and models it built are frozen
     worker = Worker(settings, handler)
     metrics = WorkerMetrics()
     worker.on_batch = lambda batch, stats: metrics.observe(batch, stats, handler, worker.consumer)

@@ -54,6 +54,8 @@ class Settings:
     malloc_mmap_threshold_kb: int = 1024
     #: hand the heaps' free pages back to the system after each model checkpoint (malloc_trim)
     malloc_trim: bool = True
+    #: Python's youngest-generation GC threshold (`gc.set_threshold`; 0: Python's 700)
+    gc_gen0_threshold: int = 50_000
     dedupe_window: int = 50_000
     half_lives_s: tuple[float, ...] = (3600.0, 86400.0, 604800.0)
     session_gap_s: float = 1800.0
