@@ -121,8 +121,7 @@ class SparseRows:
         if s is None:
             s = slots[self._keys(b)[b]] = self._len[a]
             if s >= self._idx[a].shape[0]:
-                self._idx[a] = np.concatenate([self._idx[a], np.zeros(s, np.int64)])
-                self._val[a] = np.concatenate([self._val[a], np.zeros(s)])
+                self._idx[a], self._val[a] = self._grown(self._idx[a], self._val[a], s)
             self._idx[a][s] = b
             self._len[a] = s + 1
             self._val[a][s] += w
@@ -159,8 +158,7 @@ class SparseRows:
                     s = slots[keys[b]] = size
                     size += 1
                     if s >= idx.shape[0]:
-                        idx = np.concatenate([idx, np.zeros(s, np.int64)])
-                        val = np.concatenate([val, np.zeros(s)])
+                        idx, val = self._grown(idx, val, s)
                     idx[s] = b
                     val[s] += w
                     if size == full:
@@ -171,6 +169,21 @@ class SparseRows:
                 val[s] += w
             self._idx[a], self._val[a], self._len[a] = idx, val, size
             k = end
+
+    def _grown(self, idx: IntArray, val: FloatArray, n: int) -> tuple[IntArray, FloatArray]:
+        """A row's arrays with room for more than `n` entries: twice `n` (at least 4), but
+        never past the 2 × cap a bounded row can hold (its arrays stop at that size instead
+        of doubling into slots it never fills).
+
+        >>> r = SparseRows(cap=3)
+        >>> [r._grown(np.zeros(n, np.int64), np.zeros(n), n)[0].shape[0] for n in (0, 4, 5)]
+        [4, 6, 6]
+        """
+        size = max(4, 2 * n)
+        if self.cap:
+            size = max(n + 1, min(size, 2 * self.cap))
+        extra = size - idx.shape[0]
+        return np.concatenate([idx, np.zeros(extra, np.int64)]), np.concatenate([val, np.zeros(extra)])
 
     def _prune(self, a: int) -> None:
         """Keep row `a`'s `cap` largest entries (ties: the smaller column), in slot order."""
@@ -213,8 +226,9 @@ class SparseRows:
         self.cap = state["cap"]
         keys = self._keys(max((max(x, default=0) for x in state["slots"]), default=0))
         self._slots = [{keys[b]: k for b, k in x.items()} for x in state["slots"]]
-        self._idx = [np.concatenate([x, np.zeros(max(4, x.shape[0]), np.int64)]) for x in state["idx"]]
-        self._val = [np.concatenate([x, np.zeros(max(4, x.shape[0]))]) for x in state["val"]]
+        rows = [self._grown(i, v, i.shape[0]) for i, v in zip(state["idx"], state["val"], strict=True)]
+        self._idx = [i for i, _ in rows]
+        self._val = [v for _, v in rows]
         self._len = [x.shape[0] for x in state["idx"]]
 
 

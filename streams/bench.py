@@ -20,8 +20,8 @@ RSS and CPU of the worker process come from /proc.
 
 `--scale` adds freshrec's events/s and p99 as users (10k -> 1M) and items (1k -> 100k) grow;
 `--rss-minutes M` runs freshrec at 50% of its maximum for W minutes of warm-up
-(`--rss-warmup-minutes`, default 2), then M minutes, sampling its RSS: reported over the
-whole run and over the M minutes after the warm-up;
+(`--rss-warmup-minutes`, default 2), measures its maximum again, then runs M minutes at 50%
+of that, sampling its RSS: reported over the whole run and over the M minutes;
 `--workers N` measures freshrec's events/s with 1 and with N `freshrec worker` processes in
 one consumer group on the same pre-filled events (scale-out). `--no-comparison` skips the
 three-pipeline comparison and runs only those extras.

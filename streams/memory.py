@@ -20,7 +20,7 @@ generation every 700 net allocations of container objects (tuples, lists, dicts)
 the worker makes by the thousand per event, and the older generations after 10 and 10 of
 those. `tune_gc` collects the youngest every `gen0` allocations instead (the older ones
 after 10 and 10 of those, as before) and freezes what start-up built (modules, the
-catalog) out of every later scan; cycles are still collected, less often.
+restored model) out of every later scan; cycles are still collected, less often.
 
 >>> limit_malloc_arenas(0), fix_mmap_threshold(0), tune_gc(0)  # 0: leave the defaults
 (False, False, False)

@@ -1,7 +1,8 @@
 """glibc's malloc settings (`streams.memory`), each checked in a fresh process against the
 RSS the kernel reports: blocks of 2 MB freed while a later block pins the heap's top stay
 in the process with glibc's moving thresholds, go back with the threshold pinned (each got
-its own mapping), and go back with `malloc_trim` too."""
+its own mapping), and go back with `malloc_trim` too. And the tuned garbage collector
+(`tune_gc`) still frees reference cycles."""
 
 from __future__ import annotations
 
