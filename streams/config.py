@@ -33,6 +33,9 @@ class Settings:
 
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     redis_url: str = "redis://127.0.0.1:6379/0"
+    #: how long a worker that died silently holds its partitions before the group moves them
+    #: (Kafka's `session.timeout.ms`; brokers accept 6,000..1,800,000 by default)
+    kafka_session_timeout_ms: int = 10_000
     topic_events: str = "events"
     topic_items: str = "items"
     topic_recommendations: str = "recommendations"

@@ -95,8 +95,8 @@ def make_consumer(settings: Settings, group_id: str | None = None, **overrides: 
         "auto.offset.reset": "earliest",
         "partition.assignment.strategy": "cooperative-sticky",
         "fetch.wait.max.ms": 10,
-        "session.timeout.ms": 10_000,
-        "heartbeat.interval.ms": 1_000,
+        "session.timeout.ms": settings.kafka_session_timeout_ms,
+        "heartbeat.interval.ms": min(1_000, settings.kafka_session_timeout_ms // 3),
         "max.poll.interval.ms": 300_000,
         # a bounded prefetch: a worker that falls behind holds this much, not 64 MB
         "queued.max.messages.kbytes": settings.fetch_queue_kb,

@@ -36,6 +36,7 @@ def _env(settings: Settings) -> dict[str, str]:
         FRESHREC_RECOMMEND="0",  # the profiles are under test here
         FRESHREC_METRICS_PORT="0",  # several workers on one host
         FRESHREC_USER_CACHE_MAX="300",  # 2,000 users: the cache evicts all along
+        FRESHREC_KAFKA_SESSION_TIMEOUT_MS="6000",  # a killed worker's partitions move sooner
     )
 
 
@@ -91,7 +92,7 @@ def crash_settings(settings: Settings) -> Settings:
 
 def test_kill_9_at_random_points_then_features_equal_the_reference(crash_settings, tmp_path):
     s = crash_settings
-    events, items = _dataset(s, 50_000, seed=11)
+    events, items = _dataset(s, 25_000, seed=11)
     total = end_offsets_total(s, s.topic_events)
     rng = random.Random(2024)
     kill_points = sorted(rng.sample(range(total // 20, total - total // 20), 6))
@@ -110,7 +111,7 @@ def test_kill_9_at_random_points_then_features_equal_the_reference(crash_setting
 
 def test_two_workers_with_a_rebalance_and_a_crash(crash_settings, tmp_path):
     s = crash_settings
-    events, items = _dataset(s, 50_000, seed=12)
+    events, items = _dataset(s, 25_000, seed=12)
     total = end_offsets_total(s, s.topic_events)
     log = tmp_path / "workers.log"
     first = _start_worker(s, log)
