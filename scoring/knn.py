@@ -14,13 +14,13 @@ to b is
 (α = 0.5: cosine). A user's item-kNN score of b sums `w_p · sim(h_p, b)` over the user's
 `n_recent` most recent items h_p, with `w_p = recency_decay^p`.
 
-Each item's neighbour row is a growable pair of numpy arrays (neighbour index, count) plus
-a dict from neighbour to slot: an increment is one dict lookup and one array write, and a
-user's scores are a handful of vectorised gathers into one dense array (no Python loop over
-neighbours). `max_neighbours` N > 0 bounds each row (`SparseRows.cap`): a row that reaches 2N
-neighbours keeps its N strongest, so the memory is at most items × 2N pairs however long the
-stream (the occurrences `C(b)` stay exact); 0 keeps every pair (exact counts, memory growing
-with the stream: ~1.7 new pairs per event on the simulated workload).
+A user's scores are a handful of vectorised gathers of the history items' neighbour rows
+into one dense array (no Python loop over neighbours). `max_neighbours` N > 0 bounds each
+row (`scoring.bounded_rows.BoundedRows`, one numpy block of 2N − 1 slots per item): a row
+that reaches 2N neighbours keeps its N strongest, so the memory is at most items × 2N − 1
+pairs however long the stream, and each row's block is allocated whole with its first pair
+(the occurrences `C(b)` stay exact); 0 keeps every pair (`SparseRows`: exact counts,
+memory growing with the stream, ~1.7 new pairs per event on the simulated workload).
 
 >>> co = CoOccurrence(window=5)
 >>> for hist, b in [((), 0), ((0,), 1), ((), 0), ((0,), 2), ((2, 0), 1)]:
@@ -47,9 +47,10 @@ from collections.abc import Sequence
 from typing import Any, ClassVar
 
 import numpy as np
-from numpy.typing import NDArray
+from numpy.typing import ArrayLike, NDArray
 from scipy import sparse
 
+from scoring.bounded_rows import BoundedRows
 from scoring.types import FloatArray
 
 __all__ = ["CoOccurrence", "SparseRows"]
@@ -58,30 +59,18 @@ IntArray = NDArray[np.int64]
 
 
 class SparseRows:
-    """Per-row growable sparse vectors: `add(a, b, w)` adds w to entry (a, b).
+    """Per-row growable sparse vectors with every entry kept: `add(a, b, w)` adds w to
+    entry (a, b). Each row is a pair of numpy arrays (column, value) in insertion order and
+    a dict from column to slot: an increment is one dict lookup and one array write.
 
     >>> r = SparseRows()
     >>> r.add(3, 1, 2.0); r.add(3, 1, 1.0); r.add(3, 7, 0.5)
     >>> idx, val = r.row(3)
-    >>> idx.tolist(), val.tolist(), r.row(0)[0].tolist()
-    ([1, 7], [3.0, 0.5], [])
-
-    With a `cap` N > 0 a row never holds more than 2N entries: when a new entry makes it
-    2N long, it keeps its N largest values (ties: the smaller column) and forgets the rest,
-    so memory is at most rows × 2N entries however long the stream, and each pruning of
-    2N entries pays for the N insertions before it. A forgotten entry that comes back
-    starts again from 0.
-
-    >>> r = SparseRows(cap=2)
-    >>> r.add(0, 5, 3.0); r.add(0, 6, 1.0); r.add(0, 7, 2.0); r.row(0)[0].tolist()
-    [5, 6, 7]
-    >>> r.add(0, 8, 1.0); r.row(0)  # 4 = 2 × cap entries: the 2 largest stay
-    (array([5, 7]), array([3., 2.]))
-    >>> r.add(0, 6, 0.5); r.get(0, 6), r.nnz()  # 6 was forgotten: it starts again
-    (0.5, 3)
+    >>> idx.tolist(), val.tolist(), r.row(0)[0].tolist(), r.nnz()
+    ([1, 7], [3.0, 0.5], [], 2)
     """
 
-    __slots__ = ("_idx", "_len", "_slots", "_val", "cap")
+    __slots__ = ("_idx", "_len", "_slots", "_val")
 
     #: one shared int object per column index, the rows' dict keys: a key then costs its
     #: dict entry only, not a 28-byte int of its own per row (~90 -> ~60 bytes per entry)
@@ -90,9 +79,7 @@ class SparseRows:
     _EMPTY_I: IntArray = np.zeros(0, np.int64)
     _EMPTY_V: FloatArray = np.zeros(0)
 
-    def __init__(self, cap: int = 0) -> None:
-        #: entries a row keeps when it is pruned (pruned on reaching 2 × cap); 0: no bound
-        self.cap = cap
+    def __init__(self) -> None:
         self._slots: list[dict[int, int]] = []
         self._idx: list[IntArray] = []
         self._val: list[FloatArray] = []
@@ -124,13 +111,9 @@ class SparseRows:
                 self._idx[a], self._val[a] = self._grown(self._idx[a], self._val[a], s)
             self._idx[a][s] = b
             self._len[a] = s + 1
-            self._val[a][s] += w
-            if self.cap and s + 1 >= 2 * self.cap:
-                self._prune(a)
-            return
         self._val[a][s] += w
 
-    def add_many(self, rows: list[int], cols: list[int], vals: list[float]) -> None:
+    def add_many(self, rows: ArrayLike, cols: ArrayLike, vals: ArrayLike) -> None:
         """`add(rows[k], cols[k], vals[k])` for every k (`rows` sorted: one row's lookups
         and writes together).
 
@@ -139,20 +122,22 @@ class SparseRows:
         >>> r.row(0)[1].tolist(), r.get(2, 1)
         ([1.0, 3.0], 3.0)
         """
-        if not rows:
+        row_of: list[int] = np.asarray(rows).tolist()
+        col_of: list[int] = np.asarray(cols).tolist()
+        val_of: list[float] = np.asarray(vals, np.float64).tolist()
+        if not row_of:
             return
-        self._ensure(rows[-1])
-        keys = self._keys(max(cols))
-        full = 2 * self.cap if self.cap else -1
-        k, n = 0, len(rows)
+        self._ensure(row_of[-1])
+        keys = self._keys(max(col_of))
+        k, n = 0, len(row_of)
         while k < n:
-            a = rows[k]
+            a = row_of[k]
             end = k
-            while end < n and rows[end] == a:
+            while end < n and row_of[end] == a:
                 end += 1
             slots, size = self._slots[a], self._len[a]
             idx, val = self._idx[a], self._val[a]
-            for b, w in zip(cols[k:end], vals[k:end], strict=True):
+            for b, w in zip(col_of[k:end], val_of[k:end], strict=True):
                 s = slots.get(b)
                 if s is None:
                     s = slots[keys[b]] = size
@@ -160,43 +145,15 @@ class SparseRows:
                     if s >= idx.shape[0]:
                         idx, val = self._grown(idx, val, s)
                     idx[s] = b
-                    val[s] += w
-                    if size == full:
-                        self._idx[a], self._val[a], self._len[a] = idx, val, size
-                        self._prune(a)
-                        slots, size = self._slots[a], self._len[a]
-                    continue
                 val[s] += w
             self._idx[a], self._val[a], self._len[a] = idx, val, size
             k = end
 
-    def _grown(self, idx: IntArray, val: FloatArray, n: int) -> tuple[IntArray, FloatArray]:
-        """A row's arrays with room for more than `n` entries: twice `n` (at least 4), but
-        never past the 2 × cap a bounded row can hold (its arrays stop at that size instead
-        of doubling into slots it never fills).
-
-        >>> r = SparseRows(cap=3)
-        >>> [r._grown(np.zeros(n, np.int64), np.zeros(n), n)[0].shape[0] for n in (0, 4, 5)]
-        [4, 6, 6]
-        """
-        size = max(4, 2 * n)
-        if self.cap:
-            size = max(n + 1, min(size, 2 * self.cap))
-        extra = size - idx.shape[0]
+    @staticmethod
+    def _grown(idx: IntArray, val: FloatArray, n: int) -> tuple[IntArray, FloatArray]:
+        """A row's arrays with room for more than `n` entries: twice `n` (at least 4)."""
+        extra = max(4, 2 * n) - idx.shape[0]
         return np.concatenate([idx, np.zeros(extra, np.int64)]), np.concatenate([val, np.zeros(extra)])
-
-    def _prune(self, a: int) -> None:
-        """Keep row `a`'s `cap` largest entries (ties: the smaller column), in slot order."""
-        n = self._len[a]
-        idx, val = self._idx[a], self._val[a]
-        best = np.lexsort((idx[:n], -val[:n]))[: self.cap]
-        best.sort()
-        m = best.shape[0]
-        idx[:m], val[:m] = idx[best], val[best]
-        val[m:n] = 0.0
-        self._len[a] = m
-        keys = self._KEYS
-        self._slots[a] = {keys[b]: k for k, b in enumerate(idx[:m].tolist())}
 
     def get(self, a: int, b: int) -> float:
         if a >= len(self._slots):
@@ -214,16 +171,18 @@ class SparseRows:
     def nnz(self) -> int:
         return sum(self._len)
 
+    def rows(self) -> list[tuple[IntArray, FloatArray]]:
+        """Every row's (column indices, values), row 0 first — views, do not modify."""
+        return [self.row(a) for a in range(len(self._slots))]
+
     def __getstate__(self) -> dict[str, Any]:
         return {
-            "cap": self.cap,
             "slots": self._slots,
             "idx": [x[:n].copy() for x, n in zip(self._idx, self._len, strict=True)],
             "val": [x[:n].copy() for x, n in zip(self._val, self._len, strict=True)],
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.cap = state["cap"]
         keys = self._keys(max((max(x, default=0) for x in state["slots"]), default=0))
         self._slots = [{keys[b]: k for b, k in x.items()} for x in state["slots"]]
         rows = [self._grown(i, v, i.shape[0]) for i, v in zip(state["idx"], state["val"], strict=True)]
@@ -251,8 +210,11 @@ class CoOccurrence:
         self.gap_decay = gap_decay
         self.n_recent = n_recent
         self.recency_decay = recency_decay
-        #: `pairs.cap`: the neighbours a row keeps when it is pruned (at 2x that); 0: every pair
-        self.pairs = SparseRows(cap=max_neighbours)
+        #: the neighbour rows: bounded (`max_neighbours` kept when a row is pruned at 2x that)
+        #: or exact
+        self.pairs: BoundedRows | SparseRows = (
+            BoundedRows(max_neighbours) if max_neighbours > 0 else SparseRows()
+        )
         self.count: FloatArray = np.zeros(64)
         self._gap_w: FloatArray = gap_decay ** np.arange(max(window, 1), dtype=np.float64)
         self._rec_w: FloatArray = recency_decay ** np.arange(max(n_recent, 1), dtype=np.float64)
@@ -265,21 +227,15 @@ class CoOccurrence:
     def add(self, b: int, history: IntArray, weight: float = 1.0) -> None:
         """Count an event on item `b` by a user whose previous items are `history` (dense
         indices, most recent first; only the first `window` are paired)."""
-        self._grow(b)
-        self.count[b] += weight
-        add = self.pairs.add
-        gw = self._gap_w
-        back = self.backward
-        for p, a in enumerate(history[: self.window].tolist()):
-            if a != b:
-                w = weight * float(gw[p])
-                add(a, b, w)
-                add(b, a, w * back)
+        near = np.asarray(history[: self.window], np.int64)
+        gap = np.arange(near.shape[0])
+        self.add_many(np.array([b]), near, np.full(near.shape[0], b), gap, weight)
 
-    def add_many(self, items: IntArray, a: IntArray, b: IntArray, gap: IntArray) -> None:
+    def add_many(self, items: IntArray, a: IntArray, b: IntArray, gap: IntArray, weight: float = 1.0) -> None:
         """`add` for a batch of events at once: one occurrence of each of `items`, and the
         pairs (a[k], b[k]) at history position `gap[k]` (the first `window` of each event's
-        history, without b itself), duplicates summed before they are merged into the rows.
+        history, without b itself), each of `weight`; duplicates are summed before they are
+        merged into the rows (whose bound, if any, applies once per call).
 
         >>> co = CoOccurrence(window=5, backward=0.5)
         >>> co.add_many(np.array([0, 1, 1]), np.array([0, 0]), np.array([1, 1]), np.array([0, 0]))
@@ -288,23 +244,23 @@ class CoOccurrence:
         """
         if items.shape[0]:
             self._grow(int(items.max()))
-            np.add.at(self.count, items, 1.0)
+            np.add.at(self.count, items, weight)
         near = (gap < self.window) & (a != b)
         if not near.any():
             return
-        a, b, w = a[near], b[near], self._gap_w[gap[near]]
+        a, b, w = a[near], b[near], weight * self._gap_w[gap[near]]
         width = int(max(int(a.max()), int(b.max()))) + 1
         # forward (a, b) at full weight, backward (b, a) at `backward` of it, summed per pair
         keys = np.concatenate([a * width + b, b * width + a])
         vals = np.concatenate([w, w * self.backward])
         uniq, inv = np.unique(keys, return_inverse=True)
         total = np.bincount(inv, weights=vals, minlength=uniq.shape[0])
-        self.pairs.add_many((uniq // width).tolist(), (uniq % width).tolist(), total.tolist())
+        self.pairs.add_many(uniq // width, uniq % width, total)
 
     @property
     def max_neighbours(self) -> int:
         """The neighbours a row keeps when it is pruned (`pairs.cap`; 0: every pair)."""
-        return self.pairs.cap
+        return self.pairs.cap if isinstance(self.pairs, BoundedRows) else 0
 
     def pair(self, a: int, b: int) -> float:
         """The co-occurrence count C(a, b) (b after a: full weight; a after b: `backward`)."""

@@ -50,10 +50,11 @@ import numpy as np
 from numpy.typing import NDArray
 
 from scoring.active_users import ActiveUsers
+from scoring.bounded_rows import BoundedRows
 from scoring.candidates import CandidateConfig, CandidateSet, generate
 from scoring.catalog import ItemCatalog
 from scoring.explore import SourceExplorer
-from scoring.knn import CoOccurrence
+from scoring.knn import CoOccurrence, SparseRows
 from scoring.models import ImplicitMF, PairwiseRanker, RatingModel
 from scoring.repeat import RepeatConfig, RepeatModel, merge_lists
 from scoring.rerank import RerankConfig, RuleSet, select
@@ -98,8 +99,9 @@ _PRIOR: Final[dict[str, float]] = {
     "trending": 1.0,
 }
 #: 3: the implicit MF on numpy matrices (format 2 pickled River's FunkMF); 4: the kNN rows
-#: carry their neighbour cap (`knn_max_neighbours`)
-STATE_FORMAT: Final = 4
+#: carry their neighbour cap (`knn_max_neighbours`); 5: bounded kNN rows in one block pool
+#: (`scoring.bounded_rows`)
+STATE_FORMAT: Final = 5
 
 IntArray = NDArray[np.int64]
 
@@ -733,10 +735,11 @@ class Recommender:
     @classmethod
     def from_state(cls, state: Mapping[str, Any]) -> Recommender:
         """The recommender `state()` described (use a deep copy, e.g. through pickle)."""
-        if state.get("format") != STATE_FORMAT:
+        old_knn = state.get("format") == 4  # the same, but bounded kNN rows as per-row dicts
+        if state.get("format") != STATE_FORMAT and not old_knn:
             raise ValueError(
                 f"unknown recommender state format {state.get('format')!r} (this version reads "
-                f"{STATE_FORMAT}: start from an empty model or re-learn from the log)"
+                f"4 and {STATE_FORMAT}: start from an empty model or re-learn from the log)"
             )
         rec = cls(state["config"])
         rec.offsets = dict(state["offsets"])
@@ -746,6 +749,9 @@ class Recommender:
         rec.rating = state["rating"]
         rec.ranker = state["ranker"]
         rec.knn = state["knn"]
+        cap = rec.config.knn_max_neighbours
+        if old_knn and cap > 0 and isinstance(rec.knn.pairs, SparseRows):
+            rec.knn.pairs = BoundedRows.from_rows(cap, rec.knn.pairs.rows())
         rec.histories = dict(state.get("histories", {}))
         # (a checkpoint from before the bound: its MF users, in the order it met them)
         rec.active = state.get("active") or ActiveUsers(users=rec.mf.users)

@@ -35,7 +35,7 @@ from streams.config import Settings
 WAYS = ("one-shot", "streamed")
 
 
-def _vm(field: str) -> int:
+def vm_bytes(field: str) -> int:
     """A `Vm*` line of /proc/self/status, in bytes."""
     with open("/proc/self/status") as status:
         for line in status:
@@ -48,7 +48,7 @@ def measure(state: dict[str, Any], way: str) -> dict[str, Any]:
     """Encode `state` one way; seconds, bytes and the peak RSS above the start (this process)."""
     with open("/proc/self/clear_refs", "w") as refs:
         refs.write("5")  # VmHWM := VmRSS
-    before = _vm("VmRSS")
+    before = vm_bytes("VmRSS")
     started = time.perf_counter()
     blob = zlib.compress(pickle.dumps(state, protocol=5), 1) if way == "one-shot" else encode(state)
     seconds = time.perf_counter() - started
@@ -56,7 +56,7 @@ def measure(state: dict[str, Any], way: str) -> dict[str, Any]:
         "way": way,
         "seconds": seconds,
         "bytes": len(blob),
-        "peak_above_mb": (_vm("VmHWM") - before) / 1e6,
+        "peak_above_mb": (vm_bytes("VmHWM") - before) / 1e6,
         "rss_before_mb": before / 1e6,
     }
 

@@ -22,7 +22,13 @@ Wall time and the worker thread's CPU time are both reported: on a shared machin
 time is the steadier figure (it excludes Redis, which runs in its own process).
 
 `--profile OUT.prof` also writes a cProfile of the timed part; `--protocol event` runs the
-per-event protocol instead.
+per-event protocol instead. `--memory-every N` records, every N events (warm-up included),
+the process's RSS after a full garbage collection and `malloc_trim`, the item-kNN pairs
+held and Python's allocated blocks: what the worker's in-memory state does over a long
+stream, without Kafka (each point adds its collection to the timed part).
+
+The per-user state is bounded as in `freshrec worker`: `FRESHREC_USER_CACHE_MAX` users in the
+profile cache, the models and the served lists.
 """
 
 from __future__ import annotations
@@ -44,12 +50,13 @@ from profiles.events import Event
 from profiles.recommend import RecommendationStage, StageConfig
 from profiles.updater import ProfileUpdater
 from scoring.recommender import Recommender, RecommenderConfig
+from streams.bench_checkpoint import vm_bytes
 from streams.bench_profiles import PARTITIONS, _drop, partition_coords
 from streams.config import Settings
 from streams.contract import decode_event, decode_item
 from streams.errors import Coordinates
 from streams.handlers import make_store
-from streams.memory import tune_gc
+from streams.memory import release_free_memory, tune_gc
 from streams.simulate import SimulationConfig, generate_events, generate_items
 
 STAGES = ("profile", "before", "learn", "lists", "reads")
@@ -107,6 +114,7 @@ def run_scoring_bench(
     protocol: str = "batch",
     profile_out: str | None = None,
     config: RecommenderConfig | None = None,
+    memory_every: int = 0,
 ) -> dict[str, Any]:
     """Feed `warmup + events` simulated events through profiles + recommendations; timings."""
     tag = uuid.uuid4().hex[:8]
@@ -118,9 +126,12 @@ def run_scoring_bench(
 
     client = redis.Redis.from_url(s.redis_url)
     store = make_store(s, client)
-    updater = ProfileUpdater(store)
+    updater = ProfileUpdater(store, max_cached_users=s.user_cache_max)
     rec = Recommender(config or RecommenderConfig(expected_items=items))
-    stage_config = StageConfig(k=s.top_k, protocol=protocol, logged_users=s.logged_candidates_max)
+    rec.limit_users(s.user_cache_max)
+    stage_config = StageConfig(
+        k=s.top_k, protocol=protocol, max_users=s.user_cache_max, logged_users=s.logged_candidates_max
+    )
     stage = RecommendationStage(store, rec, stage_config)
     clock = _Clock()
     stage.before_batch = clock.wrap("before", stage.before_batch)  # type: ignore[method-assign]
@@ -146,6 +157,7 @@ def run_scoring_bench(
         n_lists = 0
         timed_events = 0
         started = 0.0
+        memory: list[dict[str, float]] = []
         for start in range(0, len(decoded), size):
             if start >= warmup and not started:
                 updater.flush()
@@ -167,6 +179,8 @@ def run_scoring_bench(
                 batch_s.append(time.perf_counter() - t0)
                 n_lists += len(out)
                 timed_events += len(chunk)
+            if memory_every and (start + len(chunk)) // memory_every > start // memory_every:
+                memory.append(_memory_point(start + len(chunk), rec))
         updater.flush()
         elapsed = time.perf_counter() - started
         if profiler is not None:
@@ -203,6 +217,7 @@ def run_scoring_bench(
             "logged_candidates_used": stage.logged_used / max(stage.logged_used + stage.logged_missed, 1),
             "hr": {name: r["hr"] for name, r in m.items()},
             "ndcg": {name: r["ndcg"] for name, r in m.items()},
+            "memory": memory,
         }
     finally:
         clock.unwatch_gc()
@@ -211,6 +226,19 @@ def run_scoring_bench(
             gc.set_threshold(*gc_default)
         _drop(client, s.feast_project)
         client.close()
+
+
+def _memory_point(events: int, rec: Recommender) -> dict[str, float]:
+    """RSS after a full collection and `malloc_trim`, kNN pairs held, Python's blocks."""
+    gc.collect()
+    release_free_memory()
+    return {
+        "events": events,
+        "rss_mb": vm_bytes("VmRSS") / 1e6,
+        "knn_pairs": rec.knn.pairs.nnz(),
+        "python_blocks": sys.getallocatedblocks(),
+        "users_in_models": rec.users_in_models(),
+    }
 
 
 def format_table(r: dict[str, Any]) -> str:
@@ -231,6 +259,13 @@ def format_table(r: dict[str, Any]) -> str:
         f"{r['recommend_events_per_s']:,.0f} (per CPU second: {r['recommend_events_per_cpu_s']:,.0f})",
         "HR@10 " + "  ".join(f"{k} {v:.4f}" for k, v in r["hr"].items()),
     ]
+    if r["memory"]:
+        lines.append("after events   RSS MB   kNN pairs   Python blocks   users in models")
+        lines += [
+            f"{p['events']:>12,} {p['rss_mb']:>8.1f} {p['knn_pairs']:>11,} {p['python_blocks']:>15,} "
+            f"{p['users_in_models']:>17,}"
+            for p in r["memory"]
+        ]
     return "\n".join(lines)
 
 
@@ -244,6 +279,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--protocol", choices=("batch", "event"), default="batch")
     p.add_argument("--profile", default=None, help="write a cProfile of the timed part here")
     p.add_argument("--json", default=None)
+    p.add_argument(
+        "--memory-every", type=int, default=0, metavar="N", help="record RSS and state sizes every N events"
+    )
     args = p.parse_args(argv)
     result = run_scoring_bench(
         Settings.from_env(),
@@ -254,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
         seed=args.seed,
         protocol=args.protocol,
         profile_out=args.profile,
+        memory_every=args.memory_every,
     )
     report(format_table(result), result, args.json)
     return 0

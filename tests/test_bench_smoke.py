@@ -86,3 +86,22 @@ def test_bench_batches_prints_the_cost_of_each_batch_size(settings, monkeypatch,
         assert row["cpu_us_per_event"] > 0 and 0 < row["lists_per_event"] <= 1
         assert row["keeps_up_with_per_s"] > 0
     assert [load["share"] for load in result["loads"]] == [0.25, 0.5, 0.9]
+
+
+def test_bench_scoring_records_memory_every_n_events(settings, monkeypatch, tmp_path, capsys):
+    """`python -m streams.bench_scoring --memory-every N`: RSS, kNN pairs and Python's blocks
+    every N events, the per-user state bounded as in the worker."""
+    from streams import bench_scoring
+
+    monkeypatch.setenv("FRESHREC_REDIS_URL", settings.redis_url)
+    monkeypatch.setenv("FRESHREC_BATCH_MAX_EVENTS", "100")
+    monkeypatch.setenv("FRESHREC_USER_CACHE_MAX", "50")
+    out = tmp_path / "scoring.json"
+    argv = ["--users", "300", "--items", "100", "--events", "400", "--warmup", "200", "--memory-every", "200"]
+    assert bench_scoring.main([*argv, "--json", str(out)]) == 0
+    assert "kNN pairs" in capsys.readouterr().out
+    points = json.loads(out.read_text())["memory"]
+    assert [p["events"] for p in points] == [200, 400, 600]
+    assert all(p["rss_mb"] > 0 and p["python_blocks"] > 0 for p in points)
+    assert 0 < points[0]["knn_pairs"] <= points[-1]["knn_pairs"]
+    assert all(p["users_in_models"] <= 50 for p in points)

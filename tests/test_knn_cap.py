@@ -1,9 +1,10 @@
-"""The item-kNN rows' neighbour cap (`SparseRows(cap=N)`, `knn_max_neighbours`) against a
+"""The item-kNN rows' neighbour cap (`BoundedRows(cap=N)`, `knn_max_neighbours`) against a
 plain-Python reference, and the bound it gives: memory a function of the configuration
 (items × 2N pairs), not of the stream's length."""
 
 from __future__ import annotations
 
+import itertools
 import pickle
 
 import numpy as np
@@ -11,26 +12,29 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from scoring.bounded_rows import BoundedRows
 from scoring.knn import CoOccurrence, SparseRows
 from scoring.recommender import STATE_FORMAT, Recommender, RecommenderConfig
 from streams.config import Settings
 from streams.handlers import recommender_config
 
 
-def naive_capped_rows(adds: list[tuple[int, int, float]], cap: int) -> dict[int, dict[int, float]]:
-    """The rule by brute force: add each weight in turn; a row that reaches 2 × cap entries
-    keeps its cap largest (ties: smaller column), in the order they were first added."""
+def naive_capped_rows(batches: list[list[tuple[int, int, float]]], cap: int) -> dict[int, dict[int, float]]:
+    """The rule by brute force: each batch's weights are summed into the rows, then a row
+    with 2 × cap entries or more keeps its cap largest (ties: smaller column)."""
     rows: dict[int, dict[int, float]] = {}
-    for a, b, w in adds:
-        row = rows.setdefault(a, {})
-        row[b] = row.get(b, 0.0) + w
-        if cap and len(row) >= 2 * cap:
-            best = set(sorted(row, key=lambda c: (-row[c], c))[:cap])
-            rows[a] = {c: v for c, v in row.items() if c in best}
+    for batch in batches:
+        for a, b, w in batch:
+            row = rows.setdefault(a, {})
+            row[b] = row.get(b, 0.0) + w
+        for a, row in rows.items():
+            if len(row) >= 2 * cap:
+                best = sorted(row, key=lambda c: (-row[c], c))[:cap]
+                rows[a] = {c: row[c] for c in best}
     return rows
 
 
-def _as_dicts(r: SparseRows, n_rows: int) -> dict[int, dict[int, float]]:
+def _as_dicts(r: BoundedRows, n_rows: int) -> dict[int, dict[int, float]]:
     out = {}
     for a in range(n_rows):
         idx, val = r.row(a)
@@ -49,35 +53,52 @@ adds_strategy = st.lists(
 )
 
 
-@settings(max_examples=200, deadline=None)
-@given(adds=adds_strategy, cap=st.integers(0, 6))
-def test_capped_rows_equal_the_naive_rule_one_add_at_a_time(
-    adds: list[tuple[int, int, float]], cap: int
+@settings(max_examples=300, deadline=None)
+@given(
+    adds=adds_strategy,
+    cap=st.integers(1, 6),
+    cuts=st.lists(st.integers(0, 300), max_size=6),
+    sort=st.booleans(),
+)
+def test_bounded_rows_equal_the_naive_rule_batch_by_batch(
+    adds: list[tuple[int, int, float]], cap: int, cuts: list[int], sort: bool
 ) -> None:
-    r = SparseRows(cap=cap)
+    """Any split of the additions into `add_many` calls, sorted by (row, column) or not
+    (duplicates then summed): the same rows as the naive rule on the same batches."""
+    bounds = [0, *sorted(c for c in cuts if c < len(adds)), len(adds)]
+    batches = [adds[lo:hi] for lo, hi in itertools.pairwise(bounds)]
+    if sort:
+        batches = [sorted(b) for b in batches]
+    r = BoundedRows(cap=cap)
+    for batch in batches:
+        r.add_many([t[0] for t in batch], [t[1] for t in batch], [t[2] for t in batch])
+    want = {a: row for a, row in naive_capped_rows(batches, cap).items() if row}
+    got = _as_dicts(r, 4)
+    assert got.keys() == want.keys()
+    for a, row in want.items():
+        assert got[a].keys() == row.keys()
+        assert np.allclose([got[a][c] for c in row], list(row.values()))
+        assert r.row(a)[0].tolist() == sorted(row)  # sorted by column
+        assert r.row(a)[0].shape[0] < 2 * cap
+    assert r.nnz() == sum(len(row) for row in want.values())
+    back = pickle.loads(pickle.dumps(r))
+    assert _as_dicts(back, 4) == got and back.nnz() == r.nnz()
+
+
+def test_bounded_rows_refuse_no_bound() -> None:
+    with pytest.raises(ValueError, match=r"cap >= 1 .*got 0"):
+        BoundedRows(cap=0)
+
+
+def test_one_add_at_a_time_equals_the_rule_with_batches_of_one() -> None:
+    rng = np.random.default_rng(3)
+    pick = rng.integers(0, 5, 2000), rng.integers(0, 40, 2000), rng.choice([0.5, 1.0], 2000)
+    adds = list(zip(*(x.tolist() for x in pick), strict=True))
+    r = BoundedRows(cap=4)
     for a, b, w in adds:
         r.add(a, b, w)
-    want = naive_capped_rows(adds, cap)
-    got = _as_dicts(r, 4)
-    assert got == {a: row for a, row in want.items() if row}
-    # same entries in the same (slot) order
-    for a, row in want.items():
-        assert r.row(a)[0].tolist() == list(row)
-    if cap:
-        assert all(r.row(a)[0].shape[0] < 2 * cap for a in range(4))
-
-
-@settings(max_examples=200, deadline=None)
-@given(adds=adds_strategy, cap=st.integers(0, 6), cut=st.integers(0, 300))
-def test_add_many_equals_one_add_at_a_time(adds: list[tuple[int, int, float]], cap: int, cut: int) -> None:
-    ordered = sorted(adds, key=lambda t: t[0])  # add_many takes rows in order
-    one, many = SparseRows(cap=cap), SparseRows(cap=cap)
-    for a, b, w in ordered:
-        one.add(a, b, w)
-    for part in (ordered[:cut], ordered[cut:]):
-        many.add_many([t[0] for t in part], [t[1] for t in part], [t[2] for t in part])
-    assert _as_dicts(many, 4) == _as_dicts(one, 4)
-    assert [many.row(a)[0].tolist() for a in range(4)] == [one.row(a)[0].tolist() for a in range(4)]
+    want = naive_capped_rows([[t] for t in adds], 4)
+    assert _as_dicts(r, 5) == {a: row for a, row in want.items() if row}
 
 
 def test_a_long_stream_stays_within_the_bound_and_keeps_the_strong_pairs() -> None:
@@ -109,8 +130,29 @@ def test_the_cap_travels_with_a_checkpoint_and_an_old_format_is_refused() -> Non
     assert rec.knn.max_neighbours == 7 and rec.knn.pairs.cap == 7
     state = pickle.loads(pickle.dumps(rec.state()))
     assert Recommender.from_state(state).knn.pairs.cap == 7
-    with pytest.raises(ValueError, match=f"state format 3 .*reads {STATE_FORMAT}"):
+    with pytest.raises(ValueError, match=f"state format 3 .*reads 4 and {STATE_FORMAT}"):
         Recommender.from_state({**state, "format": 3})
+
+
+def test_a_format_4_checkpoint_is_read_its_kNN_rows_moved_into_the_block_pool() -> None:
+    """Format 4 kept the bounded rows as per-row dicts (`SparseRows`); they are read as they
+    were (each row under 2 x cap, so nothing is pruned)."""
+    rec = Recommender(RecommenderConfig(dim=4, knn_max_neighbours=3))
+    rng = np.random.default_rng(1)
+    for _ in range(300):
+        rec.knn.add(int(rng.integers(0, 20)), rng.choice(20, size=int(rng.integers(0, 6)), replace=False))
+    old = SparseRows()
+    for a in range(20):
+        idx, val = rec.knn.pairs.row(a)
+        for b, w in zip(idx.tolist(), val.tolist(), strict=True):
+            old.add(a, b, w)
+    state = pickle.loads(pickle.dumps(rec.state()))
+    state["knn"].pairs = old
+    back = Recommender.from_state({**state, "format": 4}).knn.pairs
+    assert isinstance(back, BoundedRows) and back.cap == 3 and back.nnz() == rec.knn.pairs.nnz() > 0
+    for a in range(20):
+        assert back.row(a)[0].tolist() == rec.knn.pairs.row(a)[0].tolist()
+        assert back.row(a)[1].tolist() == rec.knn.pairs.row(a)[1].tolist()
 
 
 def test_the_setting_reaches_the_recommender() -> None:
