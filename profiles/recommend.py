@@ -10,11 +10,12 @@ learn each event with the context from before its batch, predict first and learn
 and skip an offset already learned; then the lists are computed from the updated profiles
 and the models that learned the batch.
 
-The lists come from one `candidate_batch` + `recommend_batch` for all the batch's users
-after it. The events learn (`learn_batch`) from the candidates their user's last list was
-chosen from, logged when it was served (`StageConfig.logged_users` users kept, compact:
-`scoring.candidates.LoggedCandidates`, ~7.5 KB a user), as production rankers log
-features at serving time: the user's state has not changed since that list (only their own
+The lists come from `candidate_batch` + `recommend_batch` for the batch's users after it,
+`StageConfig.candidate_chunk_users` users at a time (the memory peak follows the chunk). The
+events learn (`learn_batch`) from the candidates their user's last list was chosen from,
+logged when it was served (`StageConfig.logged_users` users kept, compact:
+`scoring.candidates.LoggedCandidates`, ~7.5 KB a user), as production rankers log features
+at serving time: the user's state has not changed since that list (only their own
 events change it, and every batch that has them serves them a new list), and the ranker
 learns to order the set the user was actually shown. Only users without one (first seen,
 dropped from the bound, after a restart) get candidates generated from the context before
@@ -65,6 +66,10 @@ class StageConfig:
     #: users whose served candidates are kept for their next events to learn from (least
     #: recently served dropped; ~7.5 KB a user; 0: none, the candidates are generated again)
     logged_users: int = 10_000
+    #: users whose candidates are generated and scored together (a batch's lists, and the
+    #: learning candidates of users without a logged set, in chunks of this many: the
+    #: candidate arrays, and so the memory peak, follow the chunk, not the batch; 0: one chunk)
+    candidate_chunk_users: int = 64
 
 
 @dataclass(slots=True)
@@ -231,9 +236,9 @@ class RecommendationStage:
         popularity (trending minus seen) and co-visitation of the user's last 10 items.
 
         Each user's candidates are those their last list was chosen from (logged at
-        serving), else one `candidate_batch` from the models as they are for the users
-        without (see the module doc); the events are learned in order with them
-        (`Recommender.learn_batch`)."""
+        serving), else generated from the models as they are for the users without (see
+        the module doc, `candidate_chunk_users` users at a time); the events are learned in
+        order with them (`Recommender.learn_batch`)."""
         rows: dict[str, int] = {}
         contexts: list[UserContext] = []
         live: list[int] = []
@@ -285,12 +290,14 @@ class RecommendationStage:
         missing = [n for n, log in enumerate(logs) if log is None]
         self.logged_used += len(logs) - len(missing)
         self.logged_missed += len(missing)
-        if missing:
-            covis, trending = self._batch_reads
+        covis, trending = self._batch_reads
+        step = self.config.candidate_chunk_users or max(len(missing), 1)
+        for a in range(0, len(missing), step):  # in chunks of users, as the lists
+            part = missing[a : a + step]
             fresh = self.recommender.candidate_batch(
-                [contexts[n] for n in missing], covis, trending, score=False
+                [contexts[n] for n in part], covis, trending, score=False
             )
-            for n, log in zip(missing, fresh.logged(), strict=True):
+            for n, log in zip(part, fresh.logged(), strict=True):
                 logs[n] = log
         return from_logged([log for log in logs if log is not None])
 
@@ -350,11 +357,11 @@ class RecommendationStage:
         )
 
     def lists(self, states: Mapping[str, UserState]) -> dict[str, list[RecItem]]:
-        """Fresh top-K lists for the given (changed) users, from their current state (all of
-        them scored in one `candidate_batch`), with the candidate read of the batch
-        (`before_batch`, which read the items the batch made recent too; a user's recent
-        item it lacks is read now). They are the lists the users' next events are scored
-        against."""
+        """Fresh top-K lists for the given (changed) users, from their current state (scored
+        `candidate_chunk_users` at a time, one `candidate_batch` each), with the candidate
+        read of the batch (`before_batch`, which read the items the batch made recent too; a
+        user's recent item it lacks is read now). They are the lists the users' next events
+        are scored against."""
         uids = list(states)
         contexts = [self.context(states[uid]) for uid in uids]
         covis, trending = self._batch_reads
@@ -362,6 +369,21 @@ class RecommendationStage:
         if missing or not trending:
             covis, trending = self._batch_reads = self._read(contexts)
             self._read_from = {i for c in contexts for i in c.recent_items}
+        out: dict[str, list[RecItem]] = {}
+        step = self.config.candidate_chunk_users or max(len(uids), 1)
+        for a in range(0, len(uids), step):
+            out.update(self._chunk_lists(uids[a : a + step], contexts[a : a + step], covis, trending))
+        return out
+
+    def _chunk_lists(
+        self,
+        uids: Sequence[str],
+        contexts: Sequence[UserContext],
+        covis: Mapping[str, list[tuple[str, float]]],
+        trending: list[tuple[str, float]],
+    ) -> dict[str, list[RecItem]]:
+        """`lists` for one chunk of users: one `candidate_batch` + `recommend_batch`, each
+        user's candidates logged and list remembered as served."""
         cs = self.recommender.candidate_batch(contexts, covis, trending)
         if self.config.logged_users > 0:
             cap = self.config.logged_users

@@ -82,8 +82,9 @@ class CandidateSet:
     idx: IntArray
     #: the named source of each candidate (index into SOURCES)
     source: NDArray[np.int8]
-    #: (n, len(SOURCES)) 0/1: which sources proposed each candidate
-    source_mask: FloatArray
+    #: (n, len(SOURCES)) 0/1 (uint8: a byte a source, not a float64): which sources
+    #: proposed each candidate
+    source_mask: NDArray[np.uint8]
     covis: FloatArray
     trending: FloatArray
     #: item-kNN score of each candidate (0 when the kNN source did not propose it)
@@ -192,11 +193,12 @@ def from_logged(logs: Sequence[LoggedCandidates]) -> CandidateSet:
     np.cumsum(lengths, out=offsets[1:])
     if not logs:
         z = np.zeros(0)
-        return CandidateSet(np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros((0, len(SOURCES))),
+        empty_mask = np.zeros((0, len(SOURCES)), np.uint8)
+        return CandidateSet(np.zeros(0, np.int64), np.zeros(0, np.int8), empty_mask,
                             z, z, z, offsets, np.zeros(0, np.int64), np.zeros(0, bool))  # fmt: skip
     bits = np.concatenate([g.bits for g in logs])
     values = np.concatenate([g.values for g in logs]).astype(np.float64)
-    mask = ((bits[:, None] >> np.arange(len(SOURCES), dtype=np.uint8)) & 1).astype(np.float64)
+    mask = ((bits[:, None] >> np.arange(len(SOURCES), dtype=np.uint8)) & 1).astype(np.uint8)
     return CandidateSet(
         np.concatenate([g.idx for g in logs]).astype(np.int64),
         np.concatenate([g.source for g in logs]),
@@ -385,7 +387,7 @@ def _merge(
     if not parts:
         z = np.zeros(0)
         return CandidateSet(
-            np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros((0, len(SOURCES))), z, z, z,
+            np.zeros(0, np.int64), np.zeros(0, np.int8), np.zeros((0, len(SOURCES)), np.uint8), z, z, z,
             np.zeros(n_users + 1, np.int64), np.zeros(0, np.int64), np.zeros(0, bool),
         )  # fmt: skip
     every = np.concatenate(parts)
@@ -396,8 +398,8 @@ def _merge(
     idx = every[first]
     row_user = user[first]
     n = idx.shape[0]
-    source_mask = np.zeros((n, len(SOURCES)))
-    source_mask[row, code] = 1.0
+    source_mask = np.zeros((n, len(SOURCES)), np.uint8)
+    source_mask[row, code] = 1
     source = np.argmax(source_mask, axis=1).astype(np.int8)
     value = np.concatenate([np.zeros(ln) if v is None else v for v, ln in zip(vals, lengths, strict=True)])
     knn_val = np.zeros(n)

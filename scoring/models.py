@@ -346,6 +346,9 @@ class PairwiseRanker:
     (True, 20)
     """
 
+    #: steps whose feature scales are computed together (bounds `learn_many`'s arrays)
+    STEP_CHUNK = 256
+
     def __init__(
         self,
         feature_names: Sequence[str],
@@ -406,8 +409,10 @@ class PairwiseRanker:
     def learn_many(self, x_pos: FloatArray, x_neg: FloatArray, n_neg: IntArray, weights: FloatArray) -> None:
         """`learn(x_pos[s], x_neg[s, :n_neg[s]], weights[s])` for every step s in order
         (`x_neg` is s × m × features, rows past `n_neg[s]` are padding; steps without
-        negatives are skipped). The feature scales of every step are computed at once (they
-        do not depend on the weights); the AdaGrad steps run one by one on small arrays.
+        negatives are skipped). The feature scales of `STEP_CHUNK` steps at a time are
+        computed at once (they do not depend on the weights; the chunk bounds the arrays, a
+        few copies of chunk × (m + 1) × features floats); the AdaGrad steps run one by one
+        on small arrays.
 
         >>> r = PairwiseRanker(["a", "b"], lr=0.5)
         >>> neg = np.array([[[0.0, 1.0], [0.2, 0.9]]] * 20)
@@ -417,9 +422,14 @@ class PairwiseRanker:
         (True, 20)
         """
         live = np.flatnonzero(n_neg > 0)
-        if live.shape[0] == 0:
-            return
-        x_pos, x_neg, n_neg, weights = x_pos[live], x_neg[live], n_neg[live], weights[live]
+        for a in range(0, live.shape[0], self.STEP_CHUNK):
+            steps = live[a : a + self.STEP_CHUNK]
+            self._learn_steps(x_pos[steps], x_neg[steps], n_neg[steps], weights[steps])
+
+    def _learn_steps(
+        self, x_pos: FloatArray, x_neg: FloatArray, n_neg: IntArray, weights: FloatArray
+    ) -> None:
+        """`learn_many` for steps that all have negatives."""
         n_steps, m = x_neg.shape[:2]
         valid = np.arange(m)[None, :] < n_neg[:, None]
         # the rows each step observes: its positive, then its negatives

@@ -413,7 +413,7 @@ class Recommender:
         # each source's best free candidate per user (the first in `ranked` order)
         best: list[dict[int, int]] = []
         for s in range(len(SOURCES)):
-            pick = ranked[free[ranked] & (cs.source_mask[ranked, s] > 0.0)]
+            pick = ranked[free[ranked] & (cs.source_mask[ranked, s] > 0)]
             who = cs.row_user[pick]
             lead = np.ones(pick.shape[0], bool)
             lead[1:] = who[1:] != who[:-1]

@@ -44,10 +44,15 @@ def vm_bytes(field: str) -> int:
     raise KeyError(field)
 
 
+def reset_peak_rss() -> None:
+    """Restart this process's RSS high-water mark (`VmHWM`) from its RSS now."""
+    with open("/proc/self/clear_refs", "w") as refs:
+        refs.write("5")
+
+
 def measure(state: dict[str, Any], way: str) -> dict[str, Any]:
     """Encode `state` one way; seconds, bytes and the peak RSS above the start (this process)."""
-    with open("/proc/self/clear_refs", "w") as refs:
-        refs.write("5")  # VmHWM := VmRSS
+    reset_peak_rss()
     before = vm_bytes("VmRSS")
     started = time.perf_counter()
     blob = zlib.compress(pickle.dumps(state, protocol=5), 1) if way == "one-shot" else encode(state)

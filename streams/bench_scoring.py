@@ -23,9 +23,14 @@ time is the steadier figure (it excludes Redis, which runs in its own process).
 
 `--profile OUT.prof` also writes a cProfile of the timed part; `--protocol event` runs the
 per-event protocol instead. `--memory-every N` records, every N events (warm-up included),
-the process's RSS after a full garbage collection and `malloc_trim`, the item-kNN pairs
-held and Python's allocated blocks: what the worker's in-memory state does over a long
-stream, without Kafka (each point adds its collection to the timed part).
+the process's RSS after a full garbage collection and `malloc_trim`, its highest RSS since
+the previous point (`VmHWM`: the batches' own arrays on top), the item-kNN pairs held and
+Python's allocated blocks: what the worker's in-memory state does over a long
+stream, without Kafka (each point adds its collection to the timed part). With it,
+`--trace-growth K` also traces Python's allocations (`tracemalloc`, ~3x slower; the RSS
+then includes the tracer's own memory) and prints the K source lines whose live memory grew
+most from the first point to the last: what a long stream accumulates, by where it was
+allocated.
 
 The per-user state is bounded as in `freshrec worker`: `FRESHREC_USER_CACHE_MAX` users in the
 profile cache, the models and the served lists.
@@ -39,9 +44,11 @@ import gc
 import json
 import sys
 import time
+import tracemalloc
 import uuid
 from collections.abc import Callable
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import redis
@@ -50,7 +57,7 @@ from profiles.events import Event
 from profiles.recommend import RecommendationStage, StageConfig
 from profiles.updater import ProfileUpdater
 from scoring.recommender import Recommender, RecommenderConfig
-from streams.bench_checkpoint import vm_bytes
+from streams.bench_checkpoint import reset_peak_rss, vm_bytes
 from streams.bench_profiles import PARTITIONS, _drop, partition_coords
 from streams.config import Settings
 from streams.contract import decode_event, decode_item
@@ -59,18 +66,27 @@ from streams.handlers import make_store
 from streams.memory import release_free_memory, tune_gc
 from streams.simulate import SimulationConfig, generate_events, generate_items
 
+#: the repository's root (stripped from the source paths `--trace-growth` prints)
+ROOT = str(Path(__file__).resolve().parent.parent) + "/"
 STAGES = ("profile", "before", "learn", "lists", "reads")
 
 
 class _Clock:
     """Accumulates the wall time of wrapped calls per stage name, and of the cyclic garbage
-    collector's passes (`gc_seconds`, between `watch_gc` and `unwatch_gc`)."""
+    collector's passes (`gc_seconds`, between `watch_gc` and `unwatch_gc`). With
+    `track_peaks`, also each stage's highest RSS above its start (`peak_mb`, the largest of
+    its calls; stages called inside another stage are not tracked)."""
 
-    def __init__(self) -> None:
+    def __init__(self, track_peaks: bool = False) -> None:
         self.seconds = dict.fromkeys(STAGES, 0.0)
         self.cpu = dict.fromkeys(STAGES, 0.0)
+        self.peak_mb: dict[str, float] = {}
+        #: the highest VmHWM read since `take_high` (a stage restarts the kernel's mark)
+        self.high_bytes = 0
         self.gc_seconds = 0.0
         self._gc_start = 0.0
+        self._track_peaks = track_peaks
+        self._depth = 0
 
     def _on_gc(self, phase: str, info: dict[str, int]) -> None:
         if phase == "start":
@@ -87,14 +103,32 @@ class _Clock:
 
     def wrap(self, name: str, fn: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
+            track = self._track_peaks and self._depth == 0
+            if track:
+                self.high_bytes = max(self.high_bytes, vm_bytes("VmHWM"))
+                reset_peak_rss()
+                rss0 = vm_bytes("VmRSS")
+            self._depth += 1
             t0, c0 = time.perf_counter(), time.thread_time()
             try:
                 return fn(*args, **kwargs)
             finally:
                 self.seconds[name] += time.perf_counter() - t0
                 self.cpu[name] += time.thread_time() - c0
+                self._depth -= 1
+                if track:
+                    hwm = vm_bytes("VmHWM")
+                    self.high_bytes = max(self.high_bytes, hwm)
+                    self.peak_mb[name] = max(self.peak_mb.get(name, 0.0), (hwm - rss0) / 1e6)
 
         return timed
+
+    def take_high(self) -> int:
+        """The highest RSS since the last call (bytes), and the mark restarted."""
+        high = max(self.high_bytes, vm_bytes("VmHWM"))
+        self.high_bytes = 0
+        reset_peak_rss()
+        return high
 
     def reset(self) -> None:
         for name in STAGES:
@@ -115,6 +149,7 @@ def run_scoring_bench(
     profile_out: str | None = None,
     config: RecommenderConfig | None = None,
     memory_every: int = 0,
+    trace_growth: int = 0,
 ) -> dict[str, Any]:
     """Feed `warmup + events` simulated events through profiles + recommendations; timings."""
     tag = uuid.uuid4().hex[:8]
@@ -130,10 +165,15 @@ def run_scoring_bench(
     rec = Recommender(config or RecommenderConfig(expected_items=items))
     rec.limit_users(s.user_cache_max)
     stage_config = StageConfig(
-        k=s.top_k, protocol=protocol, max_users=s.user_cache_max, logged_users=s.logged_candidates_max
+        k=s.top_k,
+        protocol=protocol,
+        max_users=s.user_cache_max,
+        logged_users=s.logged_candidates_max,
+        candidate_chunk_users=s.candidate_chunk_users,
     )
     stage = RecommendationStage(store, rec, stage_config)
-    clock = _Clock()
+    clock = _Clock(track_peaks=memory_every > 0)
+    traced = bool(trace_growth and memory_every)
     stage.before_batch = clock.wrap("before", stage.before_batch)  # type: ignore[method-assign]
     updater.before_apply = stage.before_batch
     if protocol == "event":
@@ -158,6 +198,10 @@ def run_scoring_bench(
         timed_events = 0
         started = 0.0
         memory: list[dict[str, float]] = []
+        clock.take_high()
+        snapshots: list[tracemalloc.Snapshot] = []  # the first point's and the latest
+        if traced:
+            tracemalloc.start(1)
         for start in range(0, len(decoded), size):
             if start >= warmup and not started:
                 updater.flush()
@@ -180,7 +224,9 @@ def run_scoring_bench(
                 n_lists += len(out)
                 timed_events += len(chunk)
             if memory_every and (start + len(chunk)) // memory_every > start // memory_every:
-                memory.append(_memory_point(start + len(chunk), rec))
+                memory.append(_memory_point(start + len(chunk), rec, clock))
+                if traced:
+                    snapshots[1:] = [tracemalloc.take_snapshot()]
         updater.flush()
         elapsed = time.perf_counter() - started
         if profiler is not None:
@@ -218,8 +264,14 @@ def run_scoring_bench(
             "hr": {name: r["hr"] for name, r in m.items()},
             "ndcg": {name: r["ndcg"] for name, r in m.items()},
             "memory": memory,
+            "growth": _growth(snapshots, trace_growth),
+            #: with --memory-every: each stage's highest RSS above its start (MB, its worst
+            #: batch; `profile`'s includes `before`, which runs inside it)
+            "stage_peak_mb": clock.peak_mb,
         }
     finally:
+        if traced:
+            tracemalloc.stop()
         clock.unwatch_gc()
         if gc_tuned:  # the caller's process gets its collector back as it was
             gc.unfreeze()
@@ -228,13 +280,31 @@ def run_scoring_bench(
         client.close()
 
 
-def _memory_point(events: int, rec: Recommender) -> dict[str, float]:
-    """RSS after a full collection and `malloc_trim`, kNN pairs held, Python's blocks."""
+def _growth(snapshots: list[tracemalloc.Snapshot], top: int) -> list[dict[str, Any]]:
+    """The `top` source lines whose live allocations grew most from the first snapshot to
+    the last (MB and blocks), the tracer's own allocations left out."""
+    if len(snapshots) < 2:
+        return []
+    own = [tracemalloc.Filter(False, tracemalloc.__file__)]
+    first, last = (s.filter_traces(own) for s in snapshots)
+    return [
+        {"where": f"{st.traceback[0].filename.removeprefix(ROOT)}:{st.traceback[0].lineno}",
+         "mb": st.size_diff / 1e6, "blocks": st.count_diff}
+        for st in last.compare_to(first, "lineno")[:top]
+    ]  # fmt: skip
+
+
+def _memory_point(events: int, rec: Recommender, clock: _Clock) -> dict[str, float]:
+    """RSS after a full collection and `malloc_trim`, the highest RSS since the last point
+    (what the batches' own arrays add), kNN pairs held, Python's blocks."""
+    peak = clock.take_high()
     gc.collect()
     release_free_memory()
+    clock.take_high()  # the next point's peak starts from the RSS after the collection
     return {
         "events": events,
         "rss_mb": vm_bytes("VmRSS") / 1e6,
+        "peak_rss_mb": peak / 1e6,
         "knn_pairs": rec.knn.pairs.nnz(),
         "python_blocks": sys.getallocatedblocks(),
         "users_in_models": rec.users_in_models(),
@@ -260,12 +330,20 @@ def format_table(r: dict[str, Any]) -> str:
         "HR@10 " + "  ".join(f"{k} {v:.4f}" for k, v in r["hr"].items()),
     ]
     if r["memory"]:
-        lines.append("after events   RSS MB   kNN pairs   Python blocks   users in models")
+        peaks = r["stage_peak_mb"]
+        lines.append("highest RSS above a stage's start, MB (its worst batch): "
+                     + "  ".join(f"{k} {v:.1f}" for k, v in peaks.items()))  # fmt: skip
+        lines.append("after events   RSS MB   peak MB   kNN pairs   Python blocks   users in models")
         lines += [
-            f"{p['events']:>12,} {p['rss_mb']:>8.1f} {p['knn_pairs']:>11,} {p['python_blocks']:>15,} "
+            f"{p['events']:>12,} {p['rss_mb']:>8.1f} {p['peak_rss_mb']:>9.1f} {p['knn_pairs']:>11,} "
+            f"{p['python_blocks']:>15,} "
             f"{p['users_in_models']:>17,}"
             for p in r["memory"]
         ]
+    if r["growth"]:
+        span = f"{r['memory'][0]['events']:,} to {r['memory'][-1]['events']:,} events"
+        lines.append(f"live Python allocations that grew most from {span} (tracemalloc): MB, blocks, line")
+        lines += [f"{g['mb']:>+8.2f} {g['blocks']:>+9,}  {g['where']}" for g in r["growth"]]
     return "\n".join(lines)
 
 
@@ -282,7 +360,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--memory-every", type=int, default=0, metavar="N", help="record RSS and state sizes every N events"
     )
+    p.add_argument(
+        "--trace-growth", type=int, default=0, metavar="K",
+        help="with --memory-every: the K source lines whose live allocations grew most (tracemalloc)",
+    )  # fmt: skip
     args = p.parse_args(argv)
+    if args.trace_growth and not args.memory_every:
+        p.error("--trace-growth needs --memory-every N (the growth is from its first point to its last)")
     result = run_scoring_bench(
         Settings.from_env(),
         users=args.users,
@@ -293,6 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         protocol=args.protocol,
         profile_out=args.profile,
         memory_every=args.memory_every,
+        trace_growth=args.trace_growth,
     )
     report(format_table(result), result, args.json)
     return 0

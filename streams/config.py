@@ -69,6 +69,9 @@ class Settings:
     #: users whose served candidate sets are kept for their next events to learn from
     #: (~7.5 KB each; 0: generate them again for every batch)
     logged_candidates_max: int = 10_000
+    #: users whose candidates are generated and scored together (a batch's lists in chunks:
+    #: the memory peak follows the chunk, not the batch; 0: all of a batch's users at once)
+    candidate_chunk_users: int = 64
     covis_half_life_s: float = 86400.0
     trending_half_life_s: float = 86400.0
     feast_project: str = "freshrec"

@@ -160,6 +160,7 @@ class ProfileHandler:
                     protocol=settings.prequential,
                     max_users=settings.user_cache_max,
                     logged_users=settings.logged_candidates_max,
+                    candidate_chunk_users=settings.candidate_chunk_users,
                 ),
             )
             self.updater.before_apply = self.stage.before_batch

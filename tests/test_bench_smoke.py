@@ -89,8 +89,9 @@ def test_bench_batches_prints_the_cost_of_each_batch_size(settings, monkeypatch,
 
 
 def test_bench_scoring_records_memory_every_n_events(settings, monkeypatch, tmp_path, capsys):
-    """`python -m streams.bench_scoring --memory-every N`: RSS, kNN pairs and Python's blocks
-    every N events, the per-user state bounded as in the worker."""
+    """`python -m streams.bench_scoring --memory-every N --trace-growth K`: RSS, kNN pairs and
+    Python's blocks every N events, the per-user state bounded as in the worker, and the
+    source lines whose allocations grew most."""
     from streams import bench_scoring
 
     monkeypatch.setenv("FRESHREC_REDIS_URL", settings.redis_url)
@@ -98,10 +99,41 @@ def test_bench_scoring_records_memory_every_n_events(settings, monkeypatch, tmp_
     monkeypatch.setenv("FRESHREC_USER_CACHE_MAX", "50")
     out = tmp_path / "scoring.json"
     argv = ["--users", "300", "--items", "100", "--events", "400", "--warmup", "200", "--memory-every", "200"]
-    assert bench_scoring.main([*argv, "--json", str(out)]) == 0
-    assert "kNN pairs" in capsys.readouterr().out
+    assert bench_scoring.main([*argv, "--trace-growth", "5", "--json", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "kNN pairs" in printed and "grew most from 200 to 600 events" in printed
+    growth = json.loads(out.read_text())["growth"]
+    assert 0 < len(growth) <= 5 and all(":" in g["where"] and not g["where"].startswith("/") for g in growth)
     points = json.loads(out.read_text())["memory"]
     assert [p["events"] for p in points] == [200, 400, 600]
-    assert all(p["rss_mb"] > 0 and p["python_blocks"] > 0 for p in points)
+    assert all(p["peak_rss_mb"] >= p["rss_mb"] > 0 and p["python_blocks"] > 0 for p in points)
     assert 0 < points[0]["knn_pairs"] <= points[-1]["knn_pairs"]
     assert all(p["users_in_models"] <= 50 for p in points)
+    assert set(json.loads(out.read_text())["stage_peak_mb"]) == {
+        "profile",
+        "learn",
+        "lists",
+    }  # `before` runs inside `profile`
+
+
+def test_lists_scored_in_chunks_of_users_are_the_same_lists(settings):
+    """`FRESHREC_CANDIDATE_CHUNK_USERS` bounds the memory of a batch's lists, not what they are: the
+    same stream scored in chunks of 7 users or all at once gives the same prequential figures
+    (every event is scored against the list served before it) up to the order of float sums
+    (the kNN's sparse product adds a user's history rows in the order its batch met them), which
+    reorders near-ties."""
+    from dataclasses import replace
+
+    from streams.bench_scoring import run_scoring_bench
+
+    base = replace(settings, batch_max_events=100, user_cache_max=50)
+    runs = [
+        run_scoring_bench(
+            replace(base, candidate_chunk_users=chunk), users=300, items=100, events=600, warmup=200
+        )
+        for chunk in (0, 7)
+    ]
+    assert runs[0]["lists"] == runs[1]["lists"] > 0
+    for key in ("hr", "ndcg"):
+        for model, value in runs[0][key].items():
+            assert runs[1][key][model] == pytest.approx(value, abs=0.005), (key, model)

@@ -17,7 +17,7 @@ from scoring.candidates import CandidateConfig, CandidateSet, from_logged
 from scoring.catalog import ItemCatalog, top_k_rows
 from scoring.harness import HarnessConfig, Item, _World, replay
 from scoring.knn import CoOccurrence
-from scoring.models import ImplicitMF
+from scoring.models import ImplicitMF, PairwiseRanker
 from scoring.recommender import Recommender, RecommenderConfig
 from scoring.types import CandidateInputs, Interaction, UserContext
 from tests import scoring_reference as ref
@@ -309,6 +309,26 @@ def test_mf_learn_many_equals_learning_in_order(seed: int, n_users: int, n_items
     assert np.array_equal(waves.item_known, in_order.item_known)
     assert np.allclose(waves.item_matrix, in_order.item_matrix, rtol=1e-12, atol=1e-15)
     assert waves.steps == in_order.steps
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 10_000), n_steps=st.integers(1, 40), chunk=st.integers(1, 9))
+def test_ranker_learn_many_in_chunks_equals_steps_one_by_one(seed: int, n_steps: int, chunk: int) -> None:
+    """`PairwiseRanker.learn_many` computes the feature scales `STEP_CHUNK` steps at a time:
+    any chunk gives the steps of `learn` one by one (steps without negatives skipped)."""
+    rng = np.random.default_rng(seed)
+    x_pos = rng.normal(size=(n_steps, 3)) * [1.0, 10.0, 0.1]
+    x_neg = rng.normal(size=(n_steps, 4, 3)) * [1.0, 10.0, 0.1]
+    n_neg = rng.integers(0, 5, size=n_steps)
+    weights = rng.choice([1.0, 0.5], size=n_steps)
+    one_by_one, chunked = PairwiseRanker("abc"), PairwiseRanker("abc")
+    chunked.STEP_CHUNK = chunk
+    for s in range(n_steps):
+        one_by_one.learn(x_pos[s], x_neg[s, : n_neg[s]], float(weights[s]))
+    chunked.learn_many(x_pos, x_neg, n_neg, weights)
+    assert chunked.n == one_by_one.n
+    assert np.allclose(chunked.w, one_by_one.w, rtol=1e-9, atol=1e-12)
+    assert np.allclose(chunked._scale, one_by_one._scale, rtol=1e-9)
 
 
 def test_an_empty_batch() -> None:
