@@ -27,7 +27,7 @@ the process's RSS after a full garbage collection and `malloc_trim`, its highest
 the previous point (`VmHWM`: the batches' own arrays on top), the item-kNN pairs held and
 Python's allocated blocks: what the worker's in-memory state does over a long
 stream, without Kafka (each point adds its collection to the timed part). With it,
-`--trace-growth K` also traces Python's allocations (`tracemalloc`, ~3x slower; the RSS
+`--trace-growth K` also traces Python's allocations (`tracemalloc`, ~4x slower; the RSS
 then includes the tracer's own memory) and prints the K source lines whose live memory grew
 most from the first point to the last: what a long stream accumulates, by where it was
 allocated.
