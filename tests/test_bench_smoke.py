@@ -116,12 +116,12 @@ def test_bench_scoring_records_memory_every_n_events(settings, monkeypatch, tmp_
     }  # `before` runs inside `profile`
 
 
-def test_lists_scored_in_chunks_of_users_are_the_same_lists(settings):
+def test_lists_scored_in_chunks_of_users_give_the_same_figures(settings):
     """`FRESHREC_CANDIDATE_CHUNK_USERS` bounds the memory of a batch's lists, not what they are: the
-    same stream scored in chunks of 7 users or all at once gives the same prequential figures
-    (every event is scored against the list served before it) up to the order of float sums
-    (the kNN's sparse product adds a user's history rows in the order its batch met them), which
-    reorders near-ties."""
+    same stream scored in chunks of 7 users or all at once gives as many lists and the same
+    prequential figures (every event is scored against the list served before it), up to the
+    last bits of batched float arithmetic (the kNN's sparse product adds a user's history rows
+    in the order its chunk met them), which reorder near-ties."""
     from dataclasses import replace
 
     from streams.bench_scoring import run_scoring_bench
