@@ -291,9 +291,8 @@ class RecommendationStage:
         self.logged_used += len(logs) - len(missing)
         self.logged_missed += len(missing)
         covis, trending = self._batch_reads
-        step = self.config.candidate_chunk_users or max(len(missing), 1)
-        for a in range(0, len(missing), step):  # in chunks of users, as the lists
-            part = missing[a : a + step]
+        for chunk in self._user_chunks(len(missing)):  # as the lists
+            part = missing[chunk]
             fresh = self.recommender.candidate_batch(
                 [contexts[n] for n in part], covis, trending, score=False
             )
@@ -370,10 +369,14 @@ class RecommendationStage:
             covis, trending = self._batch_reads = self._read(contexts)
             self._read_from = {i for c in contexts for i in c.recent_items}
         out: dict[str, list[RecItem]] = {}
-        step = self.config.candidate_chunk_users or max(len(uids), 1)
-        for a in range(0, len(uids), step):
-            out.update(self._chunk_lists(uids[a : a + step], contexts[a : a + step], covis, trending))
+        for chunk in self._user_chunks(len(uids)):
+            out.update(self._chunk_lists(uids[chunk], contexts[chunk], covis, trending))
         return out
+
+    def _user_chunks(self, n: int) -> list[slice]:
+        """`n` users cut into chunks of `candidate_chunk_users` (0: one chunk)."""
+        step = self.config.candidate_chunk_users or max(n, 1)
+        return [slice(a, a + step) for a in range(0, n, step)]
 
     def _chunk_lists(
         self,

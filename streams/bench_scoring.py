@@ -198,7 +198,8 @@ def run_scoring_bench(
         timed_events = 0
         started = 0.0
         memory: list[dict[str, float]] = []
-        clock.take_high()
+        if memory_every:
+            clock.take_high()
         snapshots: list[tracemalloc.Snapshot] = []  # the first point's and the latest
         if traced:
             tracemalloc.start(1)
