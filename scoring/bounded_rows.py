@@ -1,24 +1,32 @@
-"""Bounded sparse rows in one numpy block pool: the item-kNN's neighbour counts, with a
-memory that stops growing.
+"""Bounded sparse rows in numpy block pools: the item-kNN's neighbour counts, with a memory
+that stops growing.
 
-Every row that has entries owns one block of `2·cap − 1` slots in two shared matrices
-(column int32, value float64: 12 bytes a slot), its entries sorted by column in the
-block's first `len` slots. There is no Python object per entry: a row costs its block
-(~1.8 KB for cap 75) from its first entry on, and the pool is at most rows × block however
-long the stream. (Per-row dicts cost ~60 bytes an entry and grew with every new pair until
-their rows reached the bound, which on a 10k-item catalog takes millions of events: the
-worker's RSS crept.)
+A row's entries sit sorted by column in the first `len` slots of one block, and blocks
+come in size classes of 15, 31, 63, ... slots up to the top class of `2·cap − 1` (column
+int32 and value float64: 12 bytes a slot; one pool of blocks per class). There is no
+Python object per entry. A row starts in the smallest class its entries fit and moves to
+a larger block as it grows, so a row costs what it holds (within 2x), and popular items
+can keep hundreds of neighbours while rare ones take 180 bytes.
 
-`add_many` merges a batch of (row, column, value) additions at once, vectorised over the
-batch: one `searchsorted` finds the entries that exist (their values are added), the new
-ones are written after each row's entries and the touched rows sorted again. A row that
-would reach `2·cap` entries keeps its `cap` largest values (ties: the smaller column) of
-its old and new entries together, and forgets the rest: a forgotten entry that comes back
-starts again from 0. The rule applies once per `add_many` call (after the whole batch is
-merged), so a batch is not the same as its additions one call at a time once a row
-overflows within it.
+Two bounds keep the memory finite however long the stream:
 
->>> r = BoundedRows(cap=2)               # blocks of 3 slots
+- `cap`: a row that would reach `2·cap` entries keeps its `cap` largest values (ties: the
+  smaller column) of its old and new entries together, and forgets the rest;
+- `budget_slots` (0: none): the slots that blocks above the smallest class may take in
+  all (blocks handed out, free ones included; each pool also keeps up to an eighth of spare
+  blocks, or ~0.8 MB, to grow into). A row that outgrows its block when the
+  budget has no room for the larger one stays in its class and keeps the largest half of
+  its width instead (15-slot blocks, which every row gets first, are not counted: at
+  most rows × 15 slots).
+
+A forgotten entry that comes back starts again from 0. The rules apply once per
+`add_many` call (after the whole batch is merged), to the rows in ascending order (which
+row a tight budget serves first), so a batch is not the same as its additions one call at
+a time once a row outgrows its block within it. Without a budget the classes change
+nothing but the memory: the rows are those of the single rule "a row reaching 2·cap keeps
+its cap largest".
+
+>>> r = BoundedRows(cap=2)               # one class: blocks of 3 slots
 >>> r.add_many([0, 0, 4], [6, 5, 1], [1.0, 3.0, 2.0])
 >>> r.row(0), r.get(4, 1), r.get(4, 9)
 ((array([5, 6], dtype=int32), array([3., 1.])), 2.0, 0.0)
@@ -28,6 +36,13 @@ overflows within it.
 (array([5, 7], dtype=int32), array([4., 2.]))
 >>> r.nnz()
 3
+>>> big = BoundedRows(cap=100, first_width=3)  # classes of 3, 7, 15, ..., 199 slots
+>>> big.add_many([0] * 5, range(5), [1.0] * 5); big.row(0)[0].tolist(), big.slots_charged()
+([0, 1, 2, 3, 4], 7)
+>>> tight = BoundedRows(cap=100, first_width=3, budget_slots=7)
+>>> tight.add_many([0] * 5, range(5), [5.0, 4.0, 3.0, 2.0, 1.0]); tight.add_many([1] * 5, range(5), [1.0] * 5)
+>>> tight.row(0)[0].tolist(), tight.row(1)[0].tolist()  # row 1: no room, kept 2 of 3 slots
+([0, 1, 2, 3, 4], [0, 1])
 """
 
 from __future__ import annotations
@@ -49,37 +64,122 @@ Int64Array = NDArray[np.int64]
 _EMPTY: Final = np.iinfo(np.int32).max
 _NO_COLUMNS: Final[Int32Array] = np.zeros(0, np.int32)
 _NO_VALUES: Final[FloatArray] = np.zeros(0)
+#: bytes a slot takes (int32 column + float64 value)
+SLOT_BYTES: Final = 12
+#: a pool grows by at least this many slots at a time (~0.8 MB)
+_MIN_GROWTH_SLOTS: Final = 65_536
+
+
+def class_widths(cap: int, first_width: int = 15) -> list[int]:
+    """The block sizes: `first_width`, doubled plus one, ... below `2·cap − 1`, then that.
+
+    >>> class_widths(75), class_widths(2), class_widths(500, 3)[:3]
+    ([15, 31, 63, 127, 149], [3], [3, 7, 15])
+    """
+    top = 2 * cap - 1
+    widths = []
+    w = first_width
+    while w < top:
+        widths.append(w)
+        w = 2 * w + 1
+    return [*widths, top]
+
+
+class _Pool:
+    """The blocks of one size class: `idx` / `val` (blocks × width), `len` per block."""
+
+    __slots__ = ("free", "idx", "len", "used", "val", "width")
+
+    def __init__(self, width: int) -> None:
+        self.width = width
+        self.idx: Int32Array = np.full((0, width), _EMPTY, np.int32)
+        self.val: FloatArray = np.zeros((0, width))
+        self.len: Int32Array = np.zeros(0, np.int32)
+        self.used = 0  # blocks handed out (free ones included)
+        self.free: list[int] = []  # blocks handed back by rows that moved to a larger class
+
+    def take(self) -> int:
+        """A block: a free one, else a new one (the pool grows by an eighth, and by at least
+        `_MIN_GROWTH_SLOTS` slots' worth of blocks)."""
+        if self.free:
+            return self.free.pop()
+        have = self.len.shape[0]
+        if self.used >= have:
+            extra = max(-(-_MIN_GROWTH_SLOTS // self.width), have // 8)
+            self.idx = np.concatenate([self.idx, np.full((extra, self.width), _EMPTY, np.int32)])
+            self.val = np.concatenate([self.val, np.zeros((extra, self.width))])
+            self.len = np.concatenate([self.len, np.zeros(extra, np.int32)])
+        self.used += 1
+        return self.used - 1
+
+    def give_back(self, b: int) -> None:
+        n = int(self.len[b])
+        self.idx[b, :n] = _EMPTY
+        self.val[b, :n] = 0.0
+        self.len[b] = 0
+        self.free.append(b)
+
+    def write(self, b: int, cols: Int64Array, vals: FloatArray) -> None:
+        """Block `b` holds exactly these entries (sorted by column, at most `width`)."""
+        m = cols.shape[0]
+        self.idx[b, :m], self.val[b, :m] = cols, vals
+        self.idx[b, m:] = _EMPTY
+        self.val[b, m:] = 0.0
+        self.len[b] = m
+
+
+def _largest(cols: Int64Array, vals: FloatArray, keep: int) -> tuple[Int64Array, FloatArray]:
+    """The `keep` largest values (ties: the smaller column), sorted by column."""
+    if cols.shape[0] > keep:
+        best = np.lexsort((cols, -vals))[:keep]
+        cols, vals = cols[best], vals[best]
+    order = np.argsort(cols, kind="stable")
+    return cols[order], vals[order]
 
 
 class BoundedRows:
-    """Rows of at most `2·cap − 1` entries each, in a shared block pool (see module doc)."""
+    """Rows of at most `2·cap − 1` entries each, in size-classed block pools (see module doc)."""
 
-    __slots__ = ("_block", "_idx", "_len", "_used", "_val", "cap")
+    __slots__ = ("_blk", "_cls", "_pools", "budget_slots", "cap", "widths")
 
-    def __init__(self, cap: int) -> None:
+    def __init__(self, cap: int, budget_slots: int = 0, first_width: int = 15) -> None:
         if cap < 1:
             raise ValueError(f"BoundedRows needs cap >= 1 (the entries a pruned row keeps), got {cap}")
+        if budget_slots < 0 or first_width < 1:
+            raise ValueError(
+                f"BoundedRows needs budget_slots >= 0 (0: none) and first_width >= 1, "
+                f"got {budget_slots} and {first_width}"
+            )
         #: entries a row keeps when it is pruned (on reaching 2 × cap)
         self.cap = cap
-        self._block: Int32Array = np.full(64, -1, np.int32)  # row -> its block, -1: none yet
-        self._idx: Int32Array = np.full((0, self.width), _EMPTY, np.int32)
-        self._val: FloatArray = np.zeros((0, self.width))
-        self._len: Int32Array = np.zeros(0, np.int32)  # entries per block
-        self._used = 0  # blocks handed out
+        #: slots the blocks above the smallest class may take in all (0: no limit)
+        self.budget_slots = budget_slots
+        self.widths = class_widths(cap, first_width)
+        self._pools = [_Pool(w) for w in self.widths]
+        self._cls: NDArray[np.int8] = np.full(64, -1, np.int8)  # row -> its class, -1: no block
+        self._blk: Int32Array = np.zeros(64, np.int32)  # row -> its block in that class
 
     @property
     def width(self) -> int:
-        """Slots per block: a row never holds 2 × cap entries (it is pruned on reaching it)."""
-        return 2 * self.cap - 1
+        """Slots of the largest blocks: a row never holds 2 × cap entries."""
+        return self.widths[-1]
+
+    def slots_charged(self) -> int:
+        """Slots of the blocks above the smallest class handed out (what `budget_slots` bounds)."""
+        return sum(p.used * p.width for p in self._pools[1:])
+
+    def nbytes(self) -> int:
+        """Bytes of every block handed out (the pools' spare capacity excluded)."""
+        return SLOT_BYTES * sum(p.used * p.width for p in self._pools)
 
     def add(self, a: int, b: int, w: float) -> None:
         """Add `w` to entry (a, b) (one `add_many` of one addition)."""
         self.add_many([a], [b], [w])
 
     def add_many(self, rows: ArrayLike, cols: ArrayLike, vals: ArrayLike) -> None:
-        """Add `vals[k]` to entry (rows[k], cols[k]) for every k, then prune the rows that
-        reached 2 × cap entries (fastest when the pairs come unique and sorted by row,
-        then column, as `np.unique` gives them; duplicates are summed).
+        """Add `vals[k]` to entry (rows[k], cols[k]) for every k, then apply the bounds to the
+        rows that outgrew their blocks (fastest when the pairs come unique and sorted by
+        row, then column, as `np.unique` gives them; duplicates are summed).
 
         >>> r = BoundedRows(cap=4)
         >>> r.add_many([3, 1, 3, 3], [2, 0, 2, 9], [1.0, 5.0, 0.5, 1.0]); r.row(3)[1].tolist()
@@ -100,89 +200,125 @@ class BoundedRows:
         np.not_equal(r[1:], r[:-1], out=new_group[1:])
         starts = np.flatnonzero(new_group)
         group = np.cumsum(new_group) - 1  # pair -> its row's group (groups in row order)
-        blocks = self._blocks_of(r[starts])  # group -> block
-        self._merge(group, blocks, c, w)
-
-    def _blocks_of(self, rows: Int64Array) -> Int32Array:
-        """The blocks of `rows` (distinct), new blocks for rows that have none yet."""
-        top = int(rows[-1])
-        if top >= self._block.shape[0]:
-            grown = np.full(max(top + 1, 2 * self._block.shape[0]), -1, np.int32)
-            grown[: self._block.shape[0]] = self._block
-            self._block = grown
-        blocks = self._block[rows]
-        fresh = blocks < 0
-        if fresh.any():
-            n = int(fresh.sum())
-            self._reserve(self._used + n)
-            blocks[fresh] = np.arange(self._used, self._used + n, dtype=np.int32)
-            self._block[rows[fresh]] = blocks[fresh]
-            self._used += n
-        return blocks
-
-    def _reserve(self, n_blocks: int) -> None:
-        """Room for `n_blocks` blocks: the pool grows by an eighth (at least 1,024 blocks)."""
-        have = self._len.shape[0]
-        if n_blocks <= have:
+        urows = r[starts]
+        self._ensure_rows(int(urows[-1]))
+        cls = self._cls[urows].astype(np.int64)
+        blk = self._blk[urows].astype(np.int64)
+        hit = np.zeros(r.shape[0], bool)
+        length = np.zeros(urows.shape[0], np.int64)
+        for k in np.unique(cls[cls >= 0]).tolist():
+            self._add_hits(k, cls, blk, group, c, w, hit, length)
+        miss = ~hit
+        if not miss.any():
             return
-        size = max(n_blocks, have + max(1024, have // 8))
-        extra = size - have
-        self._idx = np.concatenate([self._idx, np.full((extra, self.width), _EMPTY, np.int32)])
-        self._val = np.concatenate([self._val, np.zeros((extra, self.width))])
-        self._len = np.concatenate([self._len, np.zeros(extra, np.int32)])
+        mg, mc, mw = group[miss], c[miss], w[miss]
+        after = length + np.bincount(mg, minlength=urows.shape[0])
+        room = np.where(cls >= 0, np.asarray(self.widths)[np.maximum(cls, 0)], 0)
+        grows = after > room
+        fits = ~grows[mg]
+        if fits.any():
+            for k in np.unique(cls[mg[fits]]).tolist():
+                sel = fits & (cls[mg] == k)
+                self._insert(k, mg[sel], mc[sel], mw[sel], blk, length, after)
+        for g in np.flatnonzero(grows & (after > length)).tolist():
+            lo, hi = np.searchsorted(mg, [g, g + 1]).tolist()
+            self._outgrown(int(urows[g]), mc[lo:hi], mw[lo:hi])
 
-    def _merge(self, group: Int64Array, blocks: Int32Array, c: Int64Array, w: FloatArray) -> None:
-        """Merge the additions (group[k], c[k], w[k]) (unique, sorted by group then column)
-        into the groups' blocks."""
-        width = self.width
-        # every touched block's columns as one sorted key array: (group << 32) | column
-        sub = self._idx[blocks].astype(np.int64)
+    def _ensure_rows(self, top: int) -> None:
+        if top >= self._cls.shape[0]:
+            n = max(top + 1, 2 * self._cls.shape[0])
+            self._cls = np.concatenate([self._cls, np.full(n - self._cls.shape[0], -1, np.int8)])
+            self._blk = np.concatenate([self._blk, np.zeros(n - self._blk.shape[0], np.int32)])
+
+    def _add_hits(
+        self,
+        k: int,
+        cls: Int64Array,
+        blk: Int64Array,
+        group: Int64Array,
+        c: Int64Array,
+        w: FloatArray,
+        hit: NDArray[np.bool_],
+        length: Int64Array,
+    ) -> None:
+        """Add the values of the pairs whose row is in class `k` and holds their column;
+        mark them in `hit`, and fill the rows' current `length`."""
+        pool = self._pools[k]
+        gk = np.flatnonzero(cls == k)  # the groups in class k (ascending)
+        blocks = blk[gk]
+        length[gk] = pool.len[blocks]
+        pairs = np.flatnonzero(cls[group] == k)
+        local = np.searchsorted(gk, group[pairs])  # pair -> its group's place among gk
+        width = pool.width
+        # every touched block's columns as one sorted key array: (place << 32) | column
+        sub = pool.idx[blocks].astype(np.int64)
         sub |= np.arange(blocks.shape[0], dtype=np.int64)[:, None] << 32
         flat = sub.ravel()
-        q = (group << 32) | c
+        q = (local << 32) | c[pairs]
         pos = np.minimum(np.searchsorted(flat, q), flat.shape[0] - 1)
-        hit = flat[pos] == q
-        self._val[blocks[group[hit]], pos[hit] % width] += w[hit]
-        if hit.all():
-            return
-        miss = ~hit
-        mg, mc, mw = group[miss], c[miss], w[miss]
-        length = self._len[blocks]
-        after = length + np.bincount(mg, minlength=blocks.shape[0])
-        overflow = after > width
-        fits = ~overflow[mg]
-        if fits.any():
-            fg = mg[fits]
-            rank = np.arange(fg.shape[0]) - np.searchsorted(fg, fg)  # order within the group
-            fb = blocks[fg]
-            slot = length[fg] + rank
-            self._idx[fb, slot] = mc[fits]
-            self._val[fb, slot] = mw[fits]
-            touched = np.unique(fg)
-            tb = blocks[touched]
-            self._len[tb] = after[touched]
-            n = int(after[touched].max())
-            cols = self._idx[tb, :n]
-            order = np.argsort(cols, axis=1, kind="stable")
-            self._idx[tb, :n] = np.take_along_axis(cols, order, axis=1)
-            self._val[tb, :n] = np.take_along_axis(self._val[tb, :n], order, axis=1)
-        for g in np.flatnonzero(overflow).tolist():
-            lo, hi = np.searchsorted(mg, [g, g + 1]).tolist()
-            self._prune(int(blocks[g]), mc[lo:hi], mw[lo:hi])
+        found = flat[pos] == q
+        pool.val[blocks[local[found]], pos[found] % width] += w[pairs[found]]
+        hit[pairs[found]] = True
 
-    def _prune(self, b: int, new_cols: Int64Array, new_vals: FloatArray) -> None:
-        """Block `b`'s entries and the new ones (not in it): keep the `cap` largest (ties:
-        the smaller column), sorted by column."""
-        n = int(self._len[b])
-        cols = np.concatenate([self._idx[b, :n].astype(np.int64), new_cols])
-        vals = np.concatenate([self._val[b, :n], new_vals])
-        best = np.lexsort((cols, -vals))[: self.cap]
-        best = best[np.argsort(cols[best])]
-        m = best.shape[0]
-        self._idx[b, :m], self._val[b, :m] = cols[best], vals[best]
-        self._idx[b, m:] = _EMPTY
-        self._val[b, m:] = 0.0
-        self._len[b] = m
+    def _insert(
+        self,
+        k: int,
+        mg: Int64Array,
+        mc: Int64Array,
+        mw: FloatArray,
+        blk: Int64Array,
+        length: Int64Array,
+        after: Int64Array,
+    ) -> None:
+        """Write new entries (group mg[j], column mc[j]; sorted by group then column) into
+        their rows' blocks of class `k`, which have room for them, and sort those rows."""
+        pool = self._pools[k]
+        rank = np.arange(mg.shape[0]) - np.searchsorted(mg, mg)  # order within the group
+        fb = blk[mg]
+        slot = length[mg] + rank
+        pool.idx[fb, slot] = mc
+        pool.val[fb, slot] = mw
+        touched = np.unique(mg)
+        tb = blk[touched]
+        pool.len[tb] = after[touched]
+        n = int(after[touched].max())
+        cols = pool.idx[tb, :n]
+        order = np.argsort(cols, axis=1, kind="stable")
+        pool.idx[tb, :n] = np.take_along_axis(cols, order, axis=1)
+        pool.val[tb, :n] = np.take_along_axis(pool.val[tb, :n], order, axis=1)
+
+    def _outgrown(self, a: int, new_cols: Int64Array, new_vals: FloatArray) -> None:
+        """Row `a` and its new entries (not in it) do not fit its block: a larger block if
+        the budget has room for it, else the largest half of its width (of `cap` at the top)."""
+        k = int(self._cls[a])
+        if k >= 0:
+            pool = self._pools[k]
+            b = int(self._blk[a])
+            n = int(pool.len[b])
+            cols = np.concatenate([pool.idx[b, :n].astype(np.int64), new_cols])
+            vals = np.concatenate([pool.val[b, :n], new_vals])
+        else:
+            cols, vals = new_cols, new_vals
+        total = cols.shape[0]
+        fitting = [t for t, width in enumerate(self.widths) if width >= total]
+        target = fitting[0] if fitting else len(self.widths) - 1
+        if target > k and not self._has_room(target):
+            target = max(k, 0)
+        keep = total if total <= self.widths[target] else (self.widths[target] + 1) // 2
+        cols, vals = _largest(cols, vals, keep)
+        if target != k:
+            dest = self._pools[target].take()
+            if k >= 0:
+                self._pools[k].give_back(int(self._blk[a]))
+            self._cls[a], self._blk[a] = target, dest
+        self._pools[target].write(int(self._blk[a]), cols, vals)
+
+    def _has_room(self, t: int) -> bool:
+        """Can class `t` hand out a block (a free one, the smallest class, or budget left)?"""
+        pool = self._pools[t]
+        if pool.free or t == 0 or self.budget_slots == 0:
+            return True
+        return self.slots_charged() + pool.width <= self.budget_slots
 
     def get(self, a: int, b: int) -> float:
         """The value of entry (a, b) (0 when it is not held)."""
@@ -192,54 +328,96 @@ class BoundedRows:
 
     def row(self, a: int) -> tuple[Int32Array, FloatArray]:
         """Row `a`'s (columns, values), sorted by column — views, do not modify."""
-        blk = int(self._block[a]) if a < self._block.shape[0] else -1
-        if blk < 0:
+        k = int(self._cls[a]) if a < self._cls.shape[0] else -1
+        if k < 0:
             return _NO_COLUMNS, _NO_VALUES
-        n = int(self._len[blk])
-        return self._idx[blk, :n], self._val[blk, :n]
+        pool = self._pools[k]
+        b = int(self._blk[a])
+        n = int(pool.len[b])
+        return pool.idx[b, :n], pool.val[b, :n]
 
     def nnz(self) -> int:
         """Entries held."""
-        return int(self._len[: self._used].sum())
+        return sum(int(p.len[: p.used].sum()) for p in self._pools)
 
     def __getstate__(self) -> dict[str, Any]:
         """The held entries only (a checkpoint does not carry the blocks' empty slots)."""
-        used = self._used
-        held = np.arange(self.width)[None, :] < self._len[:used, None]
+        pools = []
+        for p in self._pools:
+            held = np.arange(p.width)[None, :] < p.len[: p.used, None]
+            pools.append(
+                {
+                    "len": p.len[: p.used].copy(),
+                    "idx": p.idx[: p.used][held],
+                    "val": p.val[: p.used][held],
+                    "free": list(p.free),
+                }
+            )
         return {
             "cap": self.cap,
-            "block": self._block.copy(),
-            "len": self._len[:used].copy(),
-            "idx": self._idx[:used][held],
-            "val": self._val[:used][held],
+            "budget_slots": self.budget_slots,
+            "widths": list(self.widths),
+            "cls": self._cls.copy(),
+            "blk": self._blk.copy(),
+            "pools": pools,
         }
 
     def __setstate__(self, state: dict[str, Any]) -> None:
+        if "pools" not in state:  # one pool of 2·cap − 1 slot blocks (before the size classes)
+            self._from_single_pool(state)
+            return
         self.cap = state["cap"]
-        self._block = state["block"]
-        length = state["len"]
-        self._used = used = length.shape[0]
-        held = np.arange(self.width)[None, :] < length[:, None]
-        self._idx = np.full((used, self.width), _EMPTY, np.int32)
-        self._val = np.zeros((used, self.width))
-        self._idx[held], self._val[held] = state["idx"], state["val"]
-        self._len = length
+        self.budget_slots = state["budget_slots"]
+        self.widths = list(state["widths"])
+        self._cls, self._blk = state["cls"], state["blk"]
+        self._pools = []
+        for width, saved in zip(self.widths, state["pools"], strict=True):
+            pool = _Pool(width)
+            length = saved["len"]
+            pool.used = used = length.shape[0]
+            held = np.arange(width)[None, :] < length[:, None]
+            pool.idx = np.full((used, width), _EMPTY, np.int32)
+            pool.val = np.zeros((used, width))
+            pool.idx[held], pool.val[held] = saved["idx"], saved["val"]
+            pool.len = length
+            pool.free = list(saved["free"])
+            self._pools.append(pool)
+
+    def _from_single_pool(self, state: dict[str, Any]) -> None:
+        """A checkpoint of the single-pool layout: its rows, added again under its cap."""
+        cap, block, length = state["cap"], state["block"], state["len"]
+        width = 2 * cap - 1
+        held = np.arange(width)[None, :] < length[:, None]
+        idx = np.full((length.shape[0], width), _EMPTY, np.int32)
+        val = np.zeros((length.shape[0], width))
+        idx[held], val[held] = state["idx"], state["val"]
+        BoundedRows.__init__(self, cap)
+        self._add_rows(
+            (int(a), idx[block[a], : length[block[a]]], val[block[a], : length[block[a]]])
+            for a in np.flatnonzero(block >= 0)
+        )
+
+    def _add_rows(self, rows: Iterable[tuple[int, ArrayLike, ArrayLike]]) -> None:
+        """Rows given as (row, columns, values), in one `add_many`."""
+        parts = [(a, np.asarray(c, np.int64), np.asarray(v, np.float64)) for a, c, v in rows]
+        parts = [(a, c, v) for a, c, v in parts if c.shape[0]]
+        if parts:
+            self.add_many(
+                np.concatenate([np.full(c.shape[0], a, np.int64) for a, c, _ in parts]),
+                np.concatenate([c for _, c, _ in parts]),
+                np.concatenate([v for _, _, v in parts]),
+            )
 
     @classmethod
-    def from_rows(cls, cap: int, rows: Iterable[tuple[ArrayLike, ArrayLike]]) -> BoundedRows:
-        """Rows given as (columns, values), row 0 first, under the bound (one `add_many`).
+    def from_rows(
+        cls, cap: int, rows: Iterable[tuple[ArrayLike, ArrayLike]], budget_slots: int = 0
+    ) -> BoundedRows:
+        """Rows given as (columns, values), row 0 first, under the bounds (one `add_many`).
 
         >>> r = BoundedRows.from_rows(1, [([4, 2], [1.0, 3.0]), ([], []), ([0], [1.0])])
         >>> r.row(0), r.row(2)[0].tolist(), r.nnz()
         ((array([2], dtype=int32), array([3.])), [0], 2)
         """
-        out = cls(cap)
-        parts = [(a, np.asarray(c, np.int64), np.asarray(v, np.float64)) for a, (c, v) in enumerate(rows)]
-        parts = [(a, c, v) for a, c, v in parts if c.shape[0]]
-        if parts:
-            out.add_many(
-                np.concatenate([np.full(c.shape[0], a, np.int64) for a, c, _ in parts]),
-                np.concatenate([c for _, c, _ in parts]),
-                np.concatenate([v for _, _, v in parts]),
-            )
+        out = cls(cap, budget_slots)
+        out._add_rows((a, c, v) for a, (c, v) in enumerate(rows))
         return out

@@ -45,6 +45,7 @@ from typing import Any
 import numpy as np
 
 from scoring.baselines import CovisitationBaseline, PopularityBaseline
+from scoring.bounded_rows import BoundedRows
 from scoring.breakdown import HitBreakdown
 from scoring.content import content_vector
 from scoring.decay import REBASE_HALF_LIVES, DecayedTop
@@ -347,6 +348,11 @@ def replay(
         "us_per_user": 1e6 * t_rec / max(n_rec, 1),
         "seconds": time.perf_counter() - t0,
         "explore": {"pulls": rec.explorer.pulls, "rewards": rec.explorer.rewards},
+        "knn": {
+            "pairs": rec.knn.pairs.nnz(),
+            # the blocks' bytes (bounded rows; exact rows report None)
+            "mb": rec.knn.pairs.nbytes() / 1e6 if isinstance(rec.knn.pairs, BoundedRows) else None,
+        },
     }
 
 
@@ -416,18 +422,14 @@ MOVIELENS_HARNESS = HarnessConfig(
     category_half_life_s=365 * 86400.0,
     baseline_pop_half_life_s=math.inf,
 )
-#: a finite data set: exact kNN counts (no neighbour bound), as the documented pipeline run
-MOVIELENS_CONFIG = RecommenderConfig(
-    pop_half_life_s=365 * 86400.0, freshness_half_life_s=365 * 86400.0, knn_max_neighbours=0
-)
+MOVIELENS_CONFIG = RecommenderConfig(pop_half_life_s=365 * 86400.0, freshness_half_life_s=365 * 86400.0)
 
 
 #: What `freshrec evaluate` runs on MovieLens with the documented command (the worker's
-#: defaults plus FRESHREC_KNN_MAX_NEIGHBOURS=0 FRESHREC_COVIS_HALF_LIFE_S=1e10
-#: FRESHREC_TRENDING_HALF_LIFE_S=1e10):
+#: defaults plus FRESHREC_COVIS_HALF_LIFE_S=1e10 FRESHREC_TRENDING_HALF_LIFE_S=1e10):
 #: recent items from the user's last session, a 10-item history, category affinity with
 #: the profiles' 1-day half-life, all-time trending, `Recommender()`'s default config
-#: with exact kNN counts (`PIPELINE_MOVIELENS_CONFIG`).
+#: (`PIPELINE_MOVIELENS_CONFIG`).
 PIPELINE_MOVIELENS_HARNESS = replace(
     MOVIELENS_HARNESS,
     trending_half_life_s=math.inf,
@@ -437,7 +439,7 @@ PIPELINE_MOVIELENS_HARNESS = replace(
     trending_n=200,
 )
 
-PIPELINE_MOVIELENS_CONFIG = RecommenderConfig(knn_max_neighbours=0)
+PIPELINE_MOVIELENS_CONFIG = RecommenderConfig()
 
 
 def _override(obj: Any, assignments: Sequence[str]) -> Any:

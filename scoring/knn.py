@@ -16,11 +16,12 @@ to b is
 
 A user's scores are a handful of vectorised gathers of the history items' neighbour rows
 into one dense array (no Python loop over neighbours). `max_neighbours` N > 0 bounds each
-row (`scoring.bounded_rows.BoundedRows`, one numpy block of 2N − 1 slots per item): a row
-that reaches 2N neighbours keeps its N strongest, so the memory is at most items × 2N − 1
-pairs however long the stream, and each row's block is allocated whole with its first pair
-(the occurrences `C(b)` stay exact); 0 keeps every pair (`SparseRows`: exact counts,
-memory growing with the stream, ~1.7 new pairs per event on the simulated workload).
+row (`scoring.bounded_rows.BoundedRows`: numpy blocks of 15, 31, ... up to 2N − 1 slots, a
+row moving to a larger block as it grows): a row that reaches 2N neighbours keeps its N
+strongest, and `budget_slots` bounds the slots of all blocks but the smallest, so the
+memory is at most items × 15 + budget_slots pairs however long the stream (the occurrences
+`C(b)` stay exact); 0 keeps every pair (`SparseRows`: exact counts, memory growing with the
+stream, ~1.7 new pairs per event on the simulated workload).
 
 >>> co = CoOccurrence(window=5)
 >>> for hist, b in [((), 0), ((0,), 1), ((), 0), ((0,), 2), ((2, 0), 1)]:
@@ -203,6 +204,7 @@ class CoOccurrence:
         recency_decay: float = 0.95,
         backward: float = 1.0,
         max_neighbours: int = 0,
+        budget_slots: int = 0,
     ) -> None:
         self.window = window
         self.backward = backward
@@ -210,10 +212,10 @@ class CoOccurrence:
         self.gap_decay = gap_decay
         self.n_recent = n_recent
         self.recency_decay = recency_decay
-        #: the neighbour rows: bounded (`max_neighbours` kept when a row is pruned at 2x that)
-        #: or exact
+        #: the neighbour rows: bounded (`max_neighbours` kept when a row is pruned at 2x that,
+        #: the blocks above the smallest within `budget_slots`) or exact
         self.pairs: BoundedRows | SparseRows = (
-            BoundedRows(max_neighbours) if max_neighbours > 0 else SparseRows()
+            BoundedRows(max_neighbours, budget_slots) if max_neighbours > 0 else SparseRows()
         )
         self.count: FloatArray = np.zeros(64)
         self._gap_w: FloatArray = gap_decay ** np.arange(max(window, 1), dtype=np.float64)

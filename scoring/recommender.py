@@ -43,14 +43,14 @@ False
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import Any, Final
 
 import numpy as np
 from numpy.typing import NDArray
 
 from scoring.active_users import ActiveUsers
-from scoring.bounded_rows import BoundedRows
+from scoring.bounded_rows import SLOT_BYTES, BoundedRows
 from scoring.candidates import CandidateConfig, CandidateSet, generate
 from scoring.catalog import ItemCatalog
 from scoring.explore import SourceExplorer
@@ -154,9 +154,9 @@ class RecommenderConfig:
     #: weight of the reverse pair (b, a) when b came after a (1 = symmetric counts)
     knn_backward: float = 0.5
     #: neighbours each item's kNN row keeps: a row that reaches twice as many keeps its
-    #: strongest `knn_max_neighbours` (bounds the worker's memory to items x 2x this many
-    #: pairs however long the stream; 0: every pair, growing with the stream)
-    knn_max_neighbours: int = 75
+    #: strongest `knn_max_neighbours` (with `knn_memory_mb`, bounds the worker's memory
+    #: however long the stream; 0: every pair, growing with the stream)
+    knn_max_neighbours: int = 300
     #: distinct items of each user's history the recommender remembers itself (in the
     #: worker's memory, with the models; most recent first) for the item-kNN, beyond the
     #: `UserContext.history` its caller serves (10 items in the Redis profile); 0 = only the
@@ -175,6 +175,26 @@ class RecommenderConfig:
     epsilon: float = 0.1
     negative_buffer: int = 10_000
     seed: int = 0
+    #: MB (10^6 bytes, 12 a pair) the kNN rows' blocks above the smallest (15 pairs) may
+    #: take in all: rows grow into larger blocks while it lasts, then keep the largest half
+    #: of their block (`scoring.bounded_rows`; 0: no limit but `knn_max_neighbours`). Last
+    #: field: a checkpoint's config from before it reads with the default
+    knn_memory_mb: float = 64.0
+
+    @property
+    def knn_budget_slots(self) -> int:
+        """`knn_memory_mb` in 12-byte slots."""
+        return int(self.knn_memory_mb * 1e6) // SLOT_BYTES
+
+    @classmethod
+    def completed(cls, config: RecommenderConfig) -> RecommenderConfig:
+        """`config` with the defaults of the fields it lacks (a checkpoint's config, pickled
+        before they existed, unpickles without them).
+
+        >>> RecommenderConfig.completed(RecommenderConfig(dim=3)).dim
+        3
+        """
+        return cls(**{f.name: getattr(config, f.name) for f in fields(cls) if hasattr(config, f.name)})
 
 
 class Recommender:
@@ -202,6 +222,7 @@ class Recommender:
             cfg.knn_recency_decay,
             cfg.knn_backward,
             cfg.knn_max_neighbours,
+            cfg.knn_budget_slots,
         )
         #: user -> dense item indices of their last `knn_history` distinct items, most recent first
         self.histories: dict[str, NDArray[np.int64]] = {}
@@ -741,7 +762,7 @@ class Recommender:
                 f"unknown recommender state format {state.get('format')!r} (this version reads "
                 f"4 and {STATE_FORMAT}: start from an empty model or re-learn from the log)"
             )
-        rec = cls(state["config"])
+        rec = cls(RecommenderConfig.completed(state["config"]))
         rec.offsets = dict(state["offsets"])
         rec.events_learned = state["events_learned"]
         rec.catalog = state["catalog"]
@@ -751,7 +772,9 @@ class Recommender:
         rec.knn = state["knn"]
         cap = rec.config.knn_max_neighbours
         if old_knn and cap > 0 and isinstance(rec.knn.pairs, SparseRows):
-            rec.knn.pairs = BoundedRows.from_rows(cap, rec.knn.pairs.rows())
+            rec.knn.pairs = BoundedRows.from_rows(cap, rec.knn.pairs.rows(), rec.config.knn_budget_slots)
+        elif isinstance(rec.knn.pairs, BoundedRows):  # (read from before the budget: it has none)
+            rec.knn.pairs.budget_slots = rec.knn.pairs.budget_slots or rec.config.knn_budget_slots
         rec.histories = dict(state.get("histories", {}))
         # (a checkpoint from before the bound: its MF users, in the order it met them)
         rec.active = state.get("active") or ActiveUsers(users=rec.mf.users)

@@ -86,6 +86,8 @@ class BenchOptions:
     drain_s: float = 30.0
     loads: tuple[float, ...] = LOAD_FRACTIONS
     rate_share: float = 0.0
+    #: mean hours between a user's sessions (`Workload.session_gap_hours`): how busy the world is
+    session_gap_hours: float = 24.0
     seed: int = 7
     scale: bool = False
     scale_events: int = 20_000
@@ -559,7 +561,7 @@ def run_scale(base: Settings, opts: BenchOptions, workdir: Path, say: Say) -> li
     out = []
     for users, items in scale_points(opts):
         say(f"scale: {users:,} users, {items:,} items")
-        workload = Workload(users, items, opts.seed, opts.rate_share)
+        workload = Workload(users, items, opts.seed, opts.rate_share, opts.session_gap_hours)
         pool = workload.pool(opts.scale_events * 3)
         result = run_pipeline(
             "freshrec",
@@ -758,13 +760,14 @@ def run_bench(settings: Settings, opts: BenchOptions, say: Say | None = None) ->
     say = say or (
         lambda msg: print(f"bench {time.monotonic() - started:5.0f} s: {msg}", file=sys.stderr, flush=True)
     )
-    workload = Workload(opts.users, opts.items, opts.seed, opts.rate_share)
+    workload = Workload(opts.users, opts.items, opts.seed, opts.rate_share, opts.session_gap_hours)
     t0 = time.monotonic()
     pool = workload.pool(max(opts.ceiling_events, 3 * opts.events))
     catalog = workload.catalog(len(pool))
+    pace = pool.event_time_per_s()
     say(
         f"workload: {len(pool):,} simulated events, {len(catalog):,} items, {opts.users:,} users "
-        f"in {time.monotonic() - t0:.1f} s"
+        f"in {time.monotonic() - t0:.1f} s; the world's own pace {pace:,.1f} events/s"
     )
     result: dict[str, Any] = {
         "config": dataclasses.asdict(opts)
@@ -775,6 +778,7 @@ def run_bench(settings: Settings, opts: BenchOptions, say: Say | None = None) ->
             "cpus": os.cpu_count(),
             "loadavg_at_start": list(os.getloadavg()),
         },
+        "workload": {"session_gap_hours": opts.session_gap_hours, "event_time_per_s": pace},
     }
     prefill = {"ceiling": opts.ceiling_events, "naive": opts.naive_events, "freshrec": opts.events}
     with tempfile.TemporaryDirectory(prefix="freshrec-bench-") as tmp:
@@ -851,6 +855,12 @@ def format_table(result: dict[str, Any]) -> str:
         f"each pipeline; {cfg['partitions']} partitions, batches of <= {cfg['batch_max_events']:,}; "
         f"{cfg['cpus']} CPUs, load average {cfg['loadavg_at_start'][0]:.1f} at start",
     ]
+    world = result.get("workload")
+    if world:
+        lines.append(
+            f"the world: a session per user every {world['session_gap_hours']:g} h on average, "
+            f"{world['event_time_per_s']:,.1f} events per second of event time"
+        )
     if "ratios" in result:
         head = (
             f"{'pipeline':<9} {'events/s':>9} {'events':>8} {'p50 ms':>8} {'p95 ms':>8} {'p99 ms':>8} "
@@ -876,6 +886,12 @@ def format_table(result: dict[str, Any]) -> str:
             ]
             lines.append(f"  {kind:<9} " + "; ".join(cells))
         fr = result["freshrec"]
+        if world and world["event_time_per_s"] > 0:
+            speedups = ", ".join(
+                f"{lv['fraction']:.0%} {lv['achieved_per_s'] / world['event_time_per_s']:,.1f}x"
+                for lv in fr["loads"]
+            )
+            lines.append(f"freshrec's loads replay the world faster than it happened: {speedups}")
         if "lists" in fr:
             lines.append(
                 f"freshrec lists: {fr['lists']:,} for {fr['events']:,} events, "

@@ -50,12 +50,21 @@ LOAD_FRACTIONS = (0.25, 0.5, 0.9)
 # ----------------------------------------------------------------------------- the workload
 @dataclass(frozen=True, slots=True)
 class Workload:
-    """The simulated world of a run: `freshrec simulate` with these knobs."""
+    """The simulated world of a run: `freshrec simulate` with these knobs.
+
+    `session_gap_hours` sets how busy the world is: each user starts a session every that
+    many hours on average, and a session's events come ~40 s apart (`SimulationConfig`).
+    With the default day, 100,000 users make ~8 events/s of event time, so a benchmark
+    offering ~1,000/s replays a user's session ~100x faster than it happened and a batch of
+    a few hundred events holds several events of each user; a busier world (fewer hours)
+    keeps users' events as far apart in the stream as they are in time.
+    """
 
     users: int = 100_000
     items: int = 10_000
     seed: int = 7
     rate_share: float = 0.0
+    session_gap_hours: float = 24.0
 
     def config(self, events: int) -> Any:
         from streams.simulate import SimulationConfig
@@ -68,6 +77,7 @@ class Workload:
             events=events,
             rate_share=self.rate_share,
             categories=categories,
+            mean_session_gap_hours=self.session_gap_hours,
         )
 
     def catalog(self, events: int) -> list[tuple[bytes | None, bytes]]:
@@ -103,6 +113,15 @@ class EventPool:
 
     def __len__(self) -> int:
         return len(self.keys)
+
+    def event_time_per_s(self) -> float:
+        """The world's own pace: events per second of event time over the pool (0: one instant).
+
+        >>> EventPool([{"user_id": "u", "event_id": "e", "ts": t} for t in (0, 500, 2000)]).event_time_per_s()
+        1.0
+        """
+        span_s = (self.ts[-1] - self.ts[0]) / 1e3
+        return (len(self.ts) - 1) / span_s if span_s > 0 else 0.0
 
     def message(self, index: int, ts_ms: int | None = None) -> tuple[bytes, bytes]:
         """Event `index` (wrapping around the pool) with its own `ts`, or `ts_ms`."""

@@ -56,6 +56,7 @@ import redis
 from profiles.events import Event
 from profiles.recommend import RecommendationStage, StageConfig
 from profiles.updater import ProfileUpdater
+from scoring.bounded_rows import BoundedRows
 from scoring.recommender import Recommender, RecommenderConfig
 from streams.bench_checkpoint import reset_peak_rss, vm_bytes
 from streams.bench_profiles import PARTITIONS, _drop, partition_coords
@@ -297,7 +298,7 @@ def _growth(snapshots: list[tracemalloc.Snapshot], top: int) -> list[dict[str, A
 
 def _memory_point(events: int, rec: Recommender, clock: _Clock) -> dict[str, float]:
     """RSS after a full collection and `malloc_trim`, the highest RSS since the last point
-    (what the batches' own arrays add), kNN pairs held, Python's blocks."""
+    (what the batches' own arrays add), kNN pairs held and their blocks' MB, Python's blocks."""
     peak = clock.take_high()
     gc.collect()
     release_free_memory()
@@ -307,6 +308,7 @@ def _memory_point(events: int, rec: Recommender, clock: _Clock) -> dict[str, flo
         "rss_mb": vm_bytes("VmRSS") / 1e6,
         "peak_rss_mb": peak / 1e6,
         "knn_pairs": rec.knn.pairs.nnz(),
+        "knn_mb": rec.knn.pairs.nbytes() / 1e6 if isinstance(rec.knn.pairs, BoundedRows) else 0.0,
         "python_blocks": sys.getallocatedblocks(),
         "users_in_models": rec.users_in_models(),
     }
@@ -334,9 +336,10 @@ def format_table(r: dict[str, Any]) -> str:
         peaks = r["stage_peak_mb"]
         lines.append("highest RSS above a stage's start, MB (its worst batch): "
                      + "  ".join(f"{k} {v:.1f}" for k, v in peaks.items()))  # fmt: skip
-        lines.append("after events   RSS MB   peak MB   kNN pairs   Python blocks   users in models")
+        lines.append("after events   RSS MB   peak MB   kNN pairs   kNN MB   Python blocks   users in models")
         lines += [
             f"{p['events']:>12,} {p['rss_mb']:>8.1f} {p['peak_rss_mb']:>9.1f} {p['knn_pairs']:>11,} "
+            f"{p['knn_mb']:>8.1f} "
             f"{p['python_blocks']:>15,} "
             f"{p['users_in_models']:>17,}"
             for p in r["memory"]

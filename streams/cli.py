@@ -171,6 +171,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     bench.add_argument("--rate-share", type=float, default=None, help="share of `rate` events (event mix)")
     bench.add_argument(
+        "--session-gap-hours", type=float, default=None,
+        help="mean hours between a user's sessions (default 24): fewer make a busier world, whose "
+        "users' events stay as far apart in the stream as in time",
+    )  # fmt: skip
+    bench.add_argument(
         "--load-seconds", type=float, default=None, help="seconds per offered load (default 15)"
     )
     bench.add_argument("--scale", action="store_true", help="add freshrec's curve as users and items grow")
@@ -530,6 +535,7 @@ def cmd_bench(settings: Settings, args: argparse.Namespace) -> int:
         "items": args.items,
         "events": args.events,
         "rate_share": args.rate_share,
+        "session_gap_hours": args.session_gap_hours,
         "load_s": args.load_seconds,
         "rss_warmup_minutes": args.rss_warmup_minutes,
     }

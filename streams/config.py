@@ -65,7 +65,9 @@ class Settings:
     user_ttl_s: float = 30 * 86400.0
     user_cache_max: int = 100_000
     #: neighbours each item's kNN row keeps (pruned at twice as many; 0: every pair)
-    knn_max_neighbours: int = 75
+    knn_max_neighbours: int = 300
+    #: MB the kNN rows' blocks above the smallest may take in all (0: no limit but the above)
+    knn_memory_mb: float = 64.0
     #: users whose served candidate sets are kept for their next events to learn from
     #: (~7.5 KB each; 0: generate them again for every batch)
     logged_candidates_max: int = 10_000

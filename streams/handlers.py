@@ -37,8 +37,18 @@ def recommender_config(settings: Settings) -> RecommenderConfig:
     1 day): long-term popularity 7x it (7 days by default), freshness 30x (30 days). Data
     that spans years (MovieLens: 1e10) thus gets all-time popularity, not the last week's
     handful of ratings, as the in-memory harness's MovieLens settings do. The exclusion
-    policy is `FRESHREC_EXCLUDE_TYPES` (`RerankConfig.exclude_types`), the kNN rows' bound
-    `FRESHREC_KNN_MAX_NEIGHBOURS`."""
+    policy is `FRESHREC_EXCLUDE_TYPES` (`RerankConfig.exclude_types`), the kNN rows' bounds
+    `FRESHREC_KNN_MAX_NEIGHBOURS` and `FRESHREC_KNN_MEMORY_MB`.
+
+    >>> recommender_config(Settings(knn_memory_mb=-1.0))
+    Traceback (most recent call last):
+    ...
+    streams.errors.ConfigError: FRESHREC_KNN_MEMORY_MB=-1.0: expected MB >= 0 (0: no budget)
+    """
+    if settings.knn_memory_mb < 0:
+        raise ConfigError(
+            f"FRESHREC_KNN_MEMORY_MB={settings.knn_memory_mb!r}: expected MB >= 0 (0: no budget)"
+        )
     h = settings.trending_half_life_s
     excluded = tuple(t.strip() for t in settings.exclude_types.split(",") if t.strip())
     return RecommenderConfig(
@@ -46,6 +56,7 @@ def recommender_config(settings: Settings) -> RecommenderConfig:
         freshness_half_life_s=30.0 * h,
         rerank=RerankConfig(exclude_types=excluded),
         knn_max_neighbours=settings.knn_max_neighbours,
+        knn_memory_mb=settings.knn_memory_mb,
     )
 
 

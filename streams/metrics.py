@@ -23,6 +23,8 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
+from scoring.bounded_rows import BoundedRows
+
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -70,8 +72,8 @@ class WorkerMetrics:
         )
         self.model = Gauge(
             "freshrec_model",
-            "Models: events learned, re-learned after a restore, users held, last checkpoint's bytes and "
-            "seconds",
+            "Models: events learned, re-learned after a restore, users held, item-kNN pairs held and "
+            "their blocks' bytes, last checkpoint's bytes and seconds",
             ["what"],
             registry=r,
         )
@@ -141,6 +143,10 @@ class WorkerMetrics:
         if stage is not None:
             self.model.labels("events_learned").set(stage.recommender.events_learned)
             self.model.labels("users").set(stage.recommender.users_in_models())
+            pairs = stage.recommender.knn.pairs
+            self.model.labels("knn_pairs").set(pairs.nnz())
+            if isinstance(pairs, BoundedRows):
+                self.model.labels("knn_bytes").set(pairs.nbytes())
         if stage is not None and quality:
             for model, result in stage.metrics_result(max(len(stage.recommender.catalog), 1)).items():
                 for metric in ("hr", "ndcg"):

@@ -39,7 +39,9 @@ def test_bench_quick_compares_three_pipelines(stack_endpoints, monkeypatch, tmp_
     assert main(["bench", "--quick", "--json", str(out), "--plot", str(png)]) == 0
     printed = capsys.readouterr().out
     assert "freshrec / ceiling" in printed and "freshrec / naive" in printed
+    assert "freshrec's loads replay the world faster than it happened: 25% " in printed
     result = json.loads(out.read_text())
+    assert result["workload"]["session_gap_hours"] == 24.0 and result["workload"]["event_time_per_s"] > 0
     for kind in ("ceiling", "naive", "freshrec"):
         r = result[kind]
         assert r["events_per_s"] > 0 and r["rss_mb"] > 0 and r["cpu_pct"] > 0, (kind, r)
@@ -88,6 +90,20 @@ def test_bench_batches_prints_the_cost_of_each_batch_size(settings, monkeypatch,
     assert [load["share"] for load in result["loads"]] == [0.25, 0.5, 0.9]
 
 
+def test_a_busier_world_keeps_its_users_events_apart() -> None:
+    """`--session-gap-hours`: sessions more often make more events per second of event
+    time, and so fewer events of one user in a window of the stream."""
+    from streams.bench_load import Workload
+
+    calm, busy = (Workload(2_000, 200, session_gap_hours=h).pool(3_000) for h in (24.0, 0.25))
+    assert busy.event_time_per_s() > 10 * calm.event_time_per_s() > 0
+
+    def users_per_event(pool, window: int = 500) -> float:
+        return len(set(pool.users(0, window))) / window
+
+    assert users_per_event(busy) > users_per_event(calm)
+
+
 def test_bench_scoring_records_memory_every_n_events(settings, monkeypatch, tmp_path, capsys):
     """`python -m streams.bench_scoring --memory-every N --trace-growth K`: RSS, kNN pairs and
     Python's blocks every N events, the per-user state bounded as in the worker, and the
@@ -108,6 +124,7 @@ def test_bench_scoring_records_memory_every_n_events(settings, monkeypatch, tmp_
     assert [p["events"] for p in points] == [200, 400, 600]
     assert all(p["peak_rss_mb"] >= p["rss_mb"] > 0 and p["python_blocks"] > 0 for p in points)
     assert 0 < points[0]["knn_pairs"] <= points[-1]["knn_pairs"]
+    assert all(p["knn_mb"] >= 12 * p["knn_pairs"] / 1e6 for p in points)  # 12 bytes a held pair, at least
     assert all(p["users_in_models"] <= 50 for p in points)
     assert set(json.loads(out.read_text())["stage_peak_mb"]) == {
         "profile",

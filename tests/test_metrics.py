@@ -60,6 +60,8 @@ def test_worker_serves_metrics_health_and_status(settings, tmp_path):
             "freshrec_end_to_end_seconds_bucket",
             'freshrec_prequential{metric="hr",model="freshrec"}',
             'freshrec_model{what="events_learned"} 300.0',
+            'freshrec_model{what="knn_pairs"}',
+            'freshrec_model{what="knn_bytes"}',
             'freshrec_drift_detected_total{model="freshrec",signal="hit"}',
             'freshrec_drift_estimate{model="covisitation",signal="hit"}',
             'freshrec_drift_detected_total{model="rating",signal="abs_error"}',
