@@ -159,11 +159,6 @@ class BoundedRows:
         self._cls: NDArray[np.int8] = np.full(64, -1, np.int8)  # row -> its class, -1: no block
         self._blk: Int32Array = np.zeros(64, np.int32)  # row -> its block in that class
 
-    @property
-    def width(self) -> int:
-        """Slots of the largest blocks: a row never holds 2 × cap entries."""
-        return self.widths[-1]
-
     def slots_charged(self) -> int:
         """Slots of the blocks above the smallest class handed out (what `budget_slots` bounds)."""
         return sum(p.used * p.width for p in self._pools[1:])

@@ -19,9 +19,10 @@ into one dense array (no Python loop over neighbours). `max_neighbours` N > 0 bo
 row (`scoring.bounded_rows.BoundedRows`: numpy blocks of 15, 31, ... up to 2N − 1 slots, a
 row moving to a larger block as it grows): a row that reaches 2N neighbours keeps its N
 strongest, and `budget_slots` bounds the slots of all blocks but the smallest, so the
-memory is at most items × 15 + budget_slots pairs however long the stream (the occurrences
-`C(b)` stay exact); 0 keeps every pair (`SparseRows`: exact counts, memory growing with the
-stream, ~1.7 new pairs per event on the simulated workload).
+memory is at most items × 15 + budget_slots pairs (and each block pool's spare eighth)
+however long the stream (the occurrences `C(b)` stay exact); 0 keeps every pair
+(`SparseRows`: exact counts, memory growing with the stream, ~1.7 new pairs per event on
+the simulated workload).
 
 >>> co = CoOccurrence(window=5)
 >>> for hist, b in [((), 0), ((0,), 1), ((), 0), ((0,), 2), ((2, 0), 1)]:
