@@ -47,6 +47,7 @@ its cap largest".
 
 from __future__ import annotations
 
+from bisect import bisect_left
 from collections.abc import Iterable
 from typing import Any, Final
 
@@ -165,7 +166,8 @@ class BoundedRows:
 
     def nbytes(self) -> int:
         """Bytes of every block handed out (the pools' spare capacity excluded)."""
-        return SLOT_BYTES * sum(p.used * p.width for p in self._pools)
+        smallest = self._pools[0]
+        return SLOT_BYTES * (smallest.used * smallest.width + self.slots_charged())
 
     def add(self, a: int, b: int, w: float) -> None:
         """Add `w` to entry (a, b) (one `add_many` of one addition)."""
@@ -215,7 +217,7 @@ class BoundedRows:
             for k in np.unique(cls[mg[fits]]).tolist():
                 sel = fits & (cls[mg] == k)
                 self._insert(k, mg[sel], mc[sel], mw[sel], blk, length, after)
-        for g in np.flatnonzero(grows & (after > length)).tolist():
+        for g in np.flatnonzero(grows).tolist():  # (a growing row has new entries)
             lo, hi = np.searchsorted(mg, [g, g + 1]).tolist()
             self._outgrown(int(urows[g]), mc[lo:hi], mw[lo:hi])
 
@@ -295,8 +297,7 @@ class BoundedRows:
         else:
             cols, vals = new_cols, new_vals
         total = cols.shape[0]
-        fitting = [t for t, width in enumerate(self.widths) if width >= total]
-        target = fitting[0] if fitting else len(self.widths) - 1
+        target = min(bisect_left(self.widths, total), len(self.widths) - 1)  # smallest it fits
         if target > k and not self._has_room(target):
             target = max(k, 0)
         keep = total if total <= self.widths[target] else (self.widths[target] + 1) // 2

@@ -45,7 +45,6 @@ from typing import Any
 import numpy as np
 
 from scoring.baselines import CovisitationBaseline, PopularityBaseline
-from scoring.bounded_rows import BoundedRows
 from scoring.breakdown import HitBreakdown
 from scoring.content import content_vector
 from scoring.decay import REBASE_HALF_LIVES, DecayedTop
@@ -337,6 +336,7 @@ def replay(
                 file=sys.stderr,
             )
     n_items = len(rec.catalog)
+    knn_bytes = rec.knn.rows_nbytes()  # None: exact rows
     return {
         "k": k,
         "metrics": {name: m.result(n_items) for name, m in metrics.items()},
@@ -348,11 +348,7 @@ def replay(
         "us_per_user": 1e6 * t_rec / max(n_rec, 1),
         "seconds": time.perf_counter() - t0,
         "explore": {"pulls": rec.explorer.pulls, "rewards": rec.explorer.rewards},
-        "knn": {
-            "pairs": rec.knn.pairs.nnz(),
-            # the blocks' bytes (bounded rows; exact rows report None)
-            "mb": rec.knn.pairs.nbytes() / 1e6 if isinstance(rec.knn.pairs, BoundedRows) else None,
-        },
+        "knn": {"pairs": rec.knn.pairs.nnz(), "mb": None if knn_bytes is None else knn_bytes / 1e6},
     }
 
 

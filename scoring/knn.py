@@ -265,6 +265,10 @@ class CoOccurrence:
         """The neighbours a row keeps when it is pruned (`pairs.cap`; 0: every pair)."""
         return self.pairs.cap if isinstance(self.pairs, BoundedRows) else 0
 
+    def rows_nbytes(self) -> int | None:
+        """Bytes of the bounded rows' blocks (`BoundedRows.nbytes`; None: exact rows)."""
+        return self.pairs.nbytes() if isinstance(self.pairs, BoundedRows) else None
+
     def pair(self, a: int, b: int) -> float:
         """The co-occurrence count C(a, b) (b after a: full weight; a after b: `backward`)."""
         return self.pairs.get(a, b)

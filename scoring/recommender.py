@@ -99,8 +99,8 @@ _PRIOR: Final[dict[str, float]] = {
     "trending": 1.0,
 }
 #: 3: the implicit MF on numpy matrices (format 2 pickled River's FunkMF); 4: the kNN rows
-#: carry their neighbour cap (`knn_max_neighbours`); 5: bounded kNN rows in one block pool
-#: (`scoring.bounded_rows`)
+#: carry their neighbour cap (`knn_max_neighbours`); 5: bounded kNN rows in numpy block
+#: pools (`scoring.bounded_rows`; one pool, then size classes: both are read)
 STATE_FORMAT: Final = 5
 
 IntArray = NDArray[np.int64]

@@ -56,7 +56,6 @@ import redis
 from profiles.events import Event
 from profiles.recommend import RecommendationStage, StageConfig
 from profiles.updater import ProfileUpdater
-from scoring.bounded_rows import BoundedRows
 from scoring.recommender import Recommender, RecommenderConfig
 from streams.bench_checkpoint import reset_peak_rss, vm_bytes
 from streams.bench_profiles import PARTITIONS, _drop, partition_coords
@@ -308,7 +307,7 @@ def _memory_point(events: int, rec: Recommender, clock: _Clock) -> dict[str, flo
         "rss_mb": vm_bytes("VmRSS") / 1e6,
         "peak_rss_mb": peak / 1e6,
         "knn_pairs": rec.knn.pairs.nnz(),
-        "knn_mb": rec.knn.pairs.nbytes() / 1e6 if isinstance(rec.knn.pairs, BoundedRows) else 0.0,
+        "knn_mb": (rec.knn.rows_nbytes() or 0) / 1e6,
         "python_blocks": sys.getallocatedblocks(),
         "users_in_models": rec.users_in_models(),
     }

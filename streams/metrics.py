@@ -23,8 +23,6 @@ from typing import Any
 from confluent_kafka import Consumer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
-from scoring.bounded_rows import BoundedRows
-
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 
 
@@ -143,10 +141,11 @@ class WorkerMetrics:
         if stage is not None:
             self.model.labels("events_learned").set(stage.recommender.events_learned)
             self.model.labels("users").set(stage.recommender.users_in_models())
-            pairs = stage.recommender.knn.pairs
-            self.model.labels("knn_pairs").set(pairs.nnz())
-            if isinstance(pairs, BoundedRows):
-                self.model.labels("knn_bytes").set(pairs.nbytes())
+            knn = stage.recommender.knn
+            self.model.labels("knn_pairs").set(knn.pairs.nnz())
+            knn_bytes = knn.rows_nbytes()
+            if knn_bytes is not None:
+                self.model.labels("knn_bytes").set(knn_bytes)
         if stage is not None and quality:
             for model, result in stage.metrics_result(max(len(stage.recommender.catalog), 1)).items():
                 for metric in ("hr", "ndcg"):
