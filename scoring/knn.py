@@ -219,8 +219,47 @@ class CoOccurrence:
             BoundedRows(max_neighbours, budget_slots) if max_neighbours > 0 else SparseRows()
         )
         self.count: FloatArray = np.zeros(64)
+        self._drop_inverse()
         self._gap_w: FloatArray = gap_decay ** np.arange(max(window, 1), dtype=np.float64)
         self._rec_w: FloatArray = recency_decay ** np.arange(max(n_recent, 1), dtype=np.float64)
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        for cached in ("_inv", "_inv_exponent", "_stale"):
+            state.pop(cached, None)
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._drop_inverse()
+
+    def _drop_inverse(self) -> None:
+        self._inv: FloatArray | None = None
+        self._inv_exponent = 0.0
+        self._stale: list[IntArray] = []  # items whose count changed since `_inv` was computed
+
+    def inverse_counts(self) -> FloatArray:
+        """C(b)^−(1−α) for every item (0 where C(b) = 0), the normalisation of every score:
+        kept between calls and recomputed only for the items counted since.
+
+        >>> co = CoOccurrence(window=5, alpha=0.5)
+        >>> co.add(2, np.array([], np.int64), weight=4.0)
+        >>> co.inverse_counts()[:3].tolist()
+        [0.0, 0.0, 0.5]
+        >>> co.add(1, np.array([2]), weight=1.0)
+        >>> co.inverse_counts()[:3].tolist()
+        [0.0, 1.0, 0.5]
+        """
+        exponent = 1.0 - self.alpha
+        inv, cnt = self._inv, self.count
+        if inv is None or inv.shape[0] != cnt.shape[0] or self._inv_exponent != exponent:
+            inv = self._inv = _inverse_power(cnt, exponent)
+            self._inv_exponent = exponent
+        elif self._stale:
+            items = np.unique(np.concatenate(self._stale))
+            inv[items] = _inverse_power(cnt[items], exponent)
+        self._stale = []
+        return inv
 
     def _grow(self, i: int) -> None:
         if i >= self.count.shape[0]:
@@ -248,6 +287,10 @@ class CoOccurrence:
         if items.shape[0]:
             self._grow(int(items.max()))
             np.add.at(self.count, items, weight)
+            if self._inv is not None:
+                self._stale.append(items)
+                if len(self._stale) > 256:  # not queried for long: recompute when it is
+                    self._drop_inverse()
         near = (gap < self.window) & (a != b)
         if not near.any():
             return
@@ -281,10 +324,7 @@ class CoOccurrence:
         if h.shape[0] == 0:
             return out[:n_items]
         cnt = self.count
-        # C(b)^(1-α) for every item, computed once per call
-        inv_b = np.zeros(cnt.shape[0])
-        pos = cnt > 0.0
-        inv_b[pos] = cnt[pos] ** -(1.0 - self.alpha)
+        inv_b = self.inverse_counts()
         rw = self._rec_w
         row = self.pairs.row
         for p, a in enumerate(h.tolist()):
@@ -318,9 +358,7 @@ class CoOccurrence:
             ]
         empty = (np.zeros(0, np.int64), np.zeros(0))
         cnt = self.count
-        inv_b = np.zeros(cnt.shape[0])
-        pos = cnt > 0.0
-        inv_b[pos] = cnt[pos] ** -(1.0 - self.alpha)
+        inv_b = self.inverse_counts()
         rw = self._rec_w.tolist()
         local: dict[int, int] = {}  # history item -> its row in the sparse item matrix
         h_ptr = [0]
@@ -378,3 +416,11 @@ class CoOccurrence:
             c, v = c[v >= kth], v[v >= kth]
         o = np.lexsort((c, -v))[:m]
         return c[o], v[o]
+
+
+def _inverse_power(counts: FloatArray, exponent: float) -> FloatArray:
+    """counts^−exponent where counts > 0, else 0."""
+    out = np.zeros(counts.shape[0])
+    pos = counts > 0.0
+    out[pos] = counts[pos] ** -exponent
+    return out

@@ -42,6 +42,7 @@ False
 
 from __future__ import annotations
 
+from bisect import insort
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, fields
 from typing import Any, Final
@@ -542,18 +543,17 @@ class Recommender:
         weights = np.array([float(cfg.type_weights.get(events[j].type, 1.0)) for j in todo])
         reward = self.explorer.reward
         learn_rating = self.rating.learn
-        learn_repeat = self.repeat.learn
         touch = self.active.touch
-        for j, i in zip(todo, items, strict=True):
+        for j in todo:
             if before_learn is not None:
                 before_learn(j)
             event = events[j]
             reward(event.user_id, event.item_id)
-            learn_repeat(event.user_id, i, event.type, event.ts)
             touch(event.user_id)
             if event.type == "rate" and event.value is not None:
                 learn_rating(event.user_id, event.item_id, float(event.value))
         user_ids = [events[j].user_id for j in todo]
+        self.repeat.learn_many(user_ids, items, [events[j].type for j in todo], [events[j].ts for j in todo])
         self._learn_histories(user_ids, ev_user, t, contexts)
         self.mf.learn_many(user_ids, t, weights, *mf_negs)
         for j, i, w in zip(todo, items, weights.tolist(), strict=True):
@@ -785,6 +785,53 @@ class Recommender:
         return rec
 
 
+#: up to this many steps, `_Steps.draw` selects in plain Python (numpy's per-call cost of
+#: its m² small operations outweighs it); beyond, in numpy over all steps at once
+_FEW_STEPS = 32
+
+
+def _select_many(u: FloatArray, pool: IntArray, r: IntArray, chosen: IntArray) -> IntArray:
+    """Selection sampling for every step at once (see `_Steps.draw`): draw i of step s picks
+    the ⌊u[s, i]·(pool[s] − i)⌋-th row not picked yet, for i < r[s]; `chosen` (filled with a
+    sentinel larger than any row) receives the picks in draw order."""
+    for i in range(chosen.shape[1]):
+        live = i < r
+        if not live.any():
+            break
+        left = np.maximum(pool - i, 1)
+        x = np.minimum((u[:, i] * left).astype(np.int64), left - 1)
+        prev = np.sort(chosen[:, :i], axis=1)
+        for k in range(i):  # the x-th row not picked yet: step over the picked ones below it
+            x += prev[:, k] <= x
+        chosen[live, i] = x[live]
+    return chosen
+
+
+def _select_few(u: FloatArray, pool: IntArray, r: IntArray, chosen: IntArray) -> IntArray:
+    """`_select_many`, step by step in plain Python (the same picks).
+
+    >>> u = np.array([[0.5, 0.5, 0.9], [0.0, 0.99, 0.3]])
+    >>> args = (u, np.array([4, 2]), np.array([3, 2]))
+    >>> big = np.full((2, 3), 99)
+    >>> _select_few(*args, big.copy()).tolist() == _select_many(*args, big.copy()).tolist()
+    True
+    >>> _select_few(*args, big.copy()).tolist()
+    [[2, 1, 3], [0, 1, 99]]
+    """
+    for s, (us, n, rs) in enumerate(zip(u.tolist(), pool.tolist(), r.tolist(), strict=True)):
+        picked: list[int] = []  # sorted
+        for i in range(rs):
+            left = max(n - i, 1)
+            x = min(int(us[i] * left), left - 1)
+            for p in picked:  # the x-th row not picked yet: step over the picked ones below it
+                if p > x:
+                    break
+                x += 1
+            insort(picked, x)
+            chosen[s, i] = x
+    return chosen
+
+
 @dataclass(slots=True)
 class _Steps:
     """The ranker's steps of a batch (one per event whose item was a candidate), as arrays:
@@ -814,19 +861,10 @@ class _Steps:
         n_rand = m - self.n_hard
         r = np.minimum(n_rand, self.pool)
         big = np.iinfo(np.int64).max // 2
-        chosen = np.full((n_steps, m), big, np.int64)
         cols = np.arange(m)
         u = draws[np.minimum(start[:, None] + cols[None, :], draws.shape[0] - 1)]
-        for i in range(m):
-            live = i < r
-            if not live.any():
-                break
-            left = np.maximum(self.pool - i, 1)
-            x = np.minimum((u[:, i] * left).astype(np.int64), left - 1)
-            prev = np.sort(chosen[:, :i], axis=1)
-            for k in range(i):  # the x-th row not picked yet: step over the picked ones below it
-                x += prev[:, k] <= x
-            chosen[live, i] = x[live]
+        pick = _select_few if n_steps <= _FEW_STEPS else _select_many
+        chosen = pick(u, self.pool, r, np.full((n_steps, m), big, np.int64))
         rand_valid = cols[None, :] < r[:, None]
         place = np.where(rand_valid, chosen, 0)
         place += place >= self.pos_rank[:, None]  # the pool skips the positive

@@ -119,6 +119,13 @@ class _Memory:
         self.count: list[float] = []
         self.excluded: list[bool] = []
 
+    def snapshot(self) -> _Memory:
+        """A copy of the remembered items (not of `blocked`: only for features)."""
+        copy = _Memory()
+        copy.idx, copy.ts, copy.last_type = self.idx[:], self.ts[:], self.last_type[:]
+        copy.count, copy.excluded = self.count[:], self.excluded[:]
+        return copy
+
 
 class RepeatModel:
     """Memory, repeat probability, slot hit rates and the merge (see the module doc)."""
@@ -138,60 +145,61 @@ class RepeatModel:
 
     # ---- features ------------------------------------------------------------------
 
-    def _features(self, mem: _Memory) -> FloatArray:
-        n = len(mem.idx)
+    def _features(self, mems: Sequence[_Memory]) -> FloatArray:
+        """The feature rows of every remembered item of `mems`, one memory after another
+        (each most recent first), computed for all of them at once."""
+        sizes = [len(mem.idx) for mem in mems]
+        n = sum(sizes)
         x = np.zeros((n, len(FEATURES)))
         if n == 0:
             return x
+        which = np.repeat(np.arange(len(mems)), sizes)  # each row's memory
+        first = np.zeros(len(mems), np.int64)  # each memory's first (latest) row
+        np.cumsum(sizes[:-1], out=first[1:])
+        pos = np.arange(n) - first[which]
+        latest = pos == 0
         # time since each item's last event, at the user's last event (not the next one's)
-        ts = np.array(mem.ts)
-        dt = np.maximum(ts[0] - ts, 0.0)
+        ts = np.array([t for mem in mems for t in mem.ts])
+        dt = np.maximum(ts[first[which]] - ts, 0.0)
         x[:, 0] = 1.0
-        x[0, 1] = 1.0
-        x[:, 2] = 1.0 / (1.0 + np.arange(n))
+        x[latest, 1] = 1.0
+        x[:, 2] = 1.0 / (1.0 + pos)
         col = 3
         x[:, col : col + len(_RECENCY_S)] = np.exp2(-dt[:, None] / _RECENCY_ARRAY)
         col += len(_RECENCY_S)
-        codes = np.array(mem.last_type, np.int64)
+        codes = np.array([c for mem in mems for c in mem.last_type], np.int64)
         typed = np.flatnonzero(codes >= 0)
         x[typed, col + codes[typed]] = 1.0
         col += len(_TYPES)
-        t0 = mem.last_type[0]
-        if 0 <= t0 < 3:
-            x[0, col + t0] = 1.0
+        lead = np.flatnonzero(latest & (codes >= 0) & (codes < 3))
+        x[lead, col + codes[lead]] = 1.0
         col += 3
-        x[:, col] = np.log1p(mem.count)
-        in_session = int(np.count_nonzero(dt <= self.config.session_gap_s))
-        x[:, col + 1] = 1.0 / max(in_session, 1)
+        x[:, col] = np.log1p(np.array([c for mem in mems for c in mem.count]))
+        in_session = np.bincount(which, weights=dt <= self.config.session_gap_s, minlength=len(mems))
+        x[:, col + 1] = 1.0 / np.maximum(in_session, 1.0)[which]
         return x
 
-    def _allowed(self, mem: _Memory) -> NDArray[np.bool_]:
+    def _allowed(self, mems: Sequence[_Memory]) -> NDArray[np.bool_]:
+        """Which rows of `_features(mems)` the exclusion policy allows."""
         if self.exclude_types is None:
-            return np.zeros(len(mem.idx), bool)
-        return ~np.array(mem.excluded, bool)
+            return np.zeros(sum(len(mem.idx) for mem in mems), bool)
+        return ~np.array([e for mem in mems for e in mem.excluded], bool)
 
     # ---- scoring -------------------------------------------------------------------
 
     def candidates(self, users: Sequence[str]) -> list[tuple[IntArray, FloatArray]]:
         """Per user: the remembered items the policy allows (most recent first) and their
         repeat probabilities (one product for all the users)."""
-        mems = [self.users.get(u) for u in users]
-        feats, keep, sizes = [], [], []
-        for mem in mems:
-            if mem is None or not mem.idx:
-                sizes.append(0)
-                continue
-            ok = self._allowed(mem)
-            feats.append(self._features(mem)[ok])
-            keep.append(np.array(mem.idx, np.int64)[ok])
-            sizes.append(int(ok.sum()))
-        if not feats:
-            empty = (np.zeros(0, np.int64), np.zeros(0))
-            return [empty for _ in users]
-        z = np.concatenate(feats) @ self.w
+        empty = _Memory()
+        mems = [self.users.get(u) or empty for u in users]
+        ok = self._allowed(mems)
+        if not ok.any():
+            return [(np.zeros(0, np.int64), np.zeros(0)) for _ in users]
+        z = self._features(mems)[ok] @ self.w
         p = 1.0 / (1.0 + np.exp(-np.clip(z, -30.0, 30.0)))
-        items = np.concatenate(keep)
-        cuts = np.cumsum(sizes)[:-1]
+        items = np.array([i for mem in mems for i in mem.idx], np.int64)[ok]
+        which = np.repeat(np.arange(len(mems)), [len(mem.idx) for mem in mems])[ok]
+        cuts = np.cumsum(np.bincount(which, minlength=len(mems)))[:-1]
         return list(zip(np.split(items, cuts), np.split(p, cuts), strict=True))
 
     def slot_rates(self, k: int) -> FloatArray:
@@ -247,35 +255,59 @@ class RepeatModel:
 
     def learn(self, user: str, item: int, event_type: str, ts: float) -> None:
         """Learn from one event (before it is remembered), then remember it."""
+        self.learn_many([user], [item], [event_type], [ts])
+
+    def learn_many(
+        self, users: Sequence[str], items: Sequence[int], types: Sequence[str], ts: Sequence[float]
+    ) -> None:
+        """`learn` for events in order: each event's memory (as it was before the event) is
+        kept aside while the events are remembered, the features of all of them computed
+        at once, then the AdaGrad steps taken in event order."""
         cfg = self.config
         if cfg.n_items == 0:
             return
+        before: list[_Memory] = []
+        for user, item, event_type, t in zip(users, items, types, ts, strict=True):
+            self._count_slot_hit(user, item)
+            mem = self.users.pop(user, None)
+            if mem is None:
+                mem = _Memory()
+            before.append(mem.snapshot())
+            self._remember(mem, item, event_type, t)
+            self.users[user] = mem  # re-inserted last: dict order = least recently active first
+            if len(self.users) > cfg.max_users:
+                del self.users[next(iter(self.users))]
+        ok = self._allowed(before)
+        if not ok.any():
+            return
+        x_all = self._features(before)
+        start = 0
+        for mem, item in zip(before, items, strict=True):
+            end = start + len(mem.idx)
+            keep = ok[start:end]
+            if keep.any():
+                x = x_all[start:end][keep]
+                y = (np.array(mem.idx)[keep] == item).astype(np.float64)
+                z = x @ self.w
+                p = 1.0 / (1.0 + np.exp(-np.clip(z, -30.0, 30.0)))
+                g = x.T @ (p - y) + cfg.l2 * self.w
+                self._g2 += g * g
+                self.w -= cfg.lr * g / np.sqrt(self._g2)
+            start = end
+
+    def _count_slot_hit(self, user: str, item: int) -> None:
+        """The slot hit rates: was `item` on the main list `user` was last served, and where."""
         served = self.served.get(user)
-        if served is not None:
-            decay = 2.0 ** (-1.0 / cfg.slot_half_life)
-            if self.slot_hits.shape[0] < served.shape[0]:
-                self.slot_hits = np.r_[self.slot_hits, np.zeros(served.shape[0] - self.slot_hits.shape[0])]
-            self.slot_hits *= decay
-            self.slot_events = self.slot_events * decay + 1.0
-            hit = np.flatnonzero(served == item)
-            if hit.shape[0]:
-                self.slot_hits[int(hit[0])] += 1.0
-        mem = self.users.pop(user, None)
-        if mem is None:
-            mem = _Memory()
-        ok = self._allowed(mem)
-        if ok.any():
-            x = self._features(mem)[ok]
-            y = (np.array(mem.idx)[ok] == item).astype(np.float64)
-            z = x @ self.w
-            p = 1.0 / (1.0 + np.exp(-np.clip(z, -30.0, 30.0)))
-            g = x.T @ (p - y) + cfg.l2 * self.w
-            self._g2 += g * g
-            self.w -= cfg.lr * g / np.sqrt(self._g2)
-        self._remember(mem, item, event_type, ts)
-        self.users[user] = mem  # re-inserted last: dict order = least recently active first
-        if len(self.users) > cfg.max_users:
-            del self.users[next(iter(self.users))]
+        if served is None:
+            return
+        decay = 2.0 ** (-1.0 / self.config.slot_half_life)
+        if self.slot_hits.shape[0] < served.shape[0]:
+            self.slot_hits = np.r_[self.slot_hits, np.zeros(served.shape[0] - self.slot_hits.shape[0])]
+        self.slot_hits *= decay
+        self.slot_events = self.slot_events * decay + 1.0
+        hit = np.flatnonzero(served == item)
+        if hit.shape[0]:
+            self.slot_hits[int(hit[0])] += 1.0
 
     def _remember(self, mem: _Memory, item: int, event_type: str, ts: float) -> None:
         code = _TYPES.index(event_type) if event_type in _TYPES else -1

@@ -2,3 +2,10 @@
 
 The only package that imports confluent_kafka or faust.
 """
+
+import os
+
+# Before anything imports numpy: its 2-thread OpenBLAS spikes the small matrix operations
+# of a micro-batch on a 2-core machine (every entry point, the benchmarks included, runs
+# what the worker runs).
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")

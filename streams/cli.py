@@ -17,8 +17,6 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")  # 2-thread BLAS spikes small matrix ops
-
 from streams.config import Settings
 from streams.errors import FreshrecError
 from streams.ingest import progress_bar

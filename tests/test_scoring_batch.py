@@ -18,7 +18,7 @@ from scoring.catalog import ItemCatalog, top_k_rows
 from scoring.harness import HarnessConfig, Item, _World, replay
 from scoring.knn import CoOccurrence
 from scoring.models import ImplicitMF, PairwiseRanker
-from scoring.recommender import Recommender, RecommenderConfig
+from scoring.recommender import Recommender, RecommenderConfig, _select_few, _select_many
 from scoring.types import CandidateInputs, Interaction, UserContext
 from tests import scoring_reference as ref
 
@@ -338,3 +338,25 @@ def test_an_empty_batch() -> None:
     assert rec.recommend_batch([UserContext("u", 0.0)], cs, 5) == [[]]
     assert rec.candidate_batch([], {}, []).n_users == 0
     assert CandidateConfig().n_knn == 200
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.data())
+def test_negative_selection_step_by_step_equals_all_steps_at_once(data: st.DataObject) -> None:
+    """`_Steps.draw`'s two selection paths (plain Python for a few steps, numpy for many)
+    pick the same rows from the same draws, each step's picks distinct and inside its pool."""
+    steps = data.draw(st.integers(1, 12))
+    m = data.draw(st.integers(1, 20))
+    pool = np.array(data.draw(st.lists(st.integers(0, 40), min_size=steps, max_size=steps)), np.int64)
+    r = np.minimum(np.array(data.draw(st.lists(st.integers(0, m), min_size=steps, max_size=steps))), pool)
+    u = np.array(
+        data.draw(st.lists(st.floats(0.0, 1.0, exclude_max=True), min_size=steps * m, max_size=steps * m))
+    ).reshape(steps, m)
+    big = np.iinfo(np.int64).max // 2
+    few = _select_few(u, pool, r, np.full((steps, m), big, np.int64))
+    many = _select_many(u, pool, r, np.full((steps, m), big, np.int64))
+    assert few.tolist() == many.tolist()
+    for s in range(steps):
+        picks = few[s, : r[s]].tolist()
+        assert len(set(picks)) == len(picks) and all(0 <= p < pool[s] for p in picks)
+        assert (few[s, r[s] :] == big).all()

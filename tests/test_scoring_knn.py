@@ -8,6 +8,8 @@ from collections import defaultdict
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scoring.baselines import CovisitationBaseline, PopularityBaseline
 from scoring.knn import CoOccurrence, SparseRows
@@ -155,3 +157,35 @@ def test_remembered_histories_are_bounded() -> None:
             Interaction(f"u{n}", "a", float(n), "click"), UserContext(f"u{n}", float(n)), CandidateInputs()
         )
     assert list(rec.histories) == ["u3", "u4", "u5"]  # the least recently active are dropped
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.lists(st.integers(0, 200), min_size=1, max_size=6), st.floats(0.1, 3.0), st.booleans()),
+        min_size=1,
+        max_size=40,
+    ),
+    st.sampled_from([0.0, 0.3, 0.5, 1.0]),
+)
+def test_inverse_counts_kept_between_queries_equal_a_fresh_computation(
+    batches: list[tuple[list[int], float, bool]], alpha: float
+) -> None:
+    """The normalisation kept between queries (recomputed for the items counted since) is
+    exactly what computing it afresh gives, through growth and a checkpoint."""
+    co = CoOccurrence(window=4, alpha=alpha)
+    for items, weight, query in batches:
+        arr = np.array(items, np.int64)
+        co.add_many(arr, arr[:-1], arr[1:], np.zeros(arr.shape[0] - 1, np.int64), weight)
+        if query:
+            fresh = np.zeros(co.count.shape[0])
+            pos = co.count > 0.0
+            fresh[pos] = co.count[pos] ** -(1.0 - alpha)
+            assert co.inverse_counts().tolist() == fresh.tolist()
+            back = pickle.loads(pickle.dumps(co))
+            assert back.inverse_counts().tolist() == fresh.tolist()
+    hist = [np.array(items[::-1], np.int64) for items, _, _ in batches[-3:]]
+    back = pickle.loads(pickle.dumps(co))  # a copy that computes the normalisation afresh
+    got = co.top_many(hist, [np.zeros(0, np.int64)] * len(hist), 201, 10)
+    want = back.top_many(hist, [np.zeros(0, np.int64)] * len(hist), 201, 10)
+    assert [(i.tolist(), v.tolist()) for i, v in got] == [(i.tolist(), v.tolist()) for i, v in want]

@@ -6,10 +6,12 @@ from __future__ import annotations
 import pickle
 
 import numpy as np
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from scoring.harness import HarnessConfig, Item, replay
 from scoring.recommender import Recommender, RecommenderConfig
-from scoring.repeat import REPEAT_SOURCE, RepeatConfig, RepeatModel
+from scoring.repeat import _RECENCY_S, _TYPES, FEATURES, REPEAT_SOURCE, RepeatConfig, RepeatModel, _Memory
 from scoring.rerank import RerankConfig
 from scoring.types import Interaction
 
@@ -118,3 +120,56 @@ def test_repeat_state_survives_a_checkpoint() -> None:
     rec.forget(user)
     assert user not in rec.repeat.users
     assert REPEAT_SOURCE == "repeat"
+
+
+def _naive_features(
+    mem_ts: list[float], codes: list[int], counts: list[float], gap: float
+) -> list[list[float]]:
+    """One user's repeat features, item by item in plain Python (the module doc's definition)."""
+    rows = []
+    in_session = sum(1 for t in mem_ts if mem_ts[0] - t <= gap)
+    for j, (t, code, count) in enumerate(zip(mem_ts, codes, counts, strict=True)):
+        dt = max(mem_ts[0] - t, 0.0)
+        row = [1.0, 1.0 if j == 0 else 0.0, 1.0 / (1 + j)] + [2.0 ** (-dt / h) for h in _RECENCY_S]
+        row += [1.0 if code == c else 0.0 for c in range(len(_TYPES))]
+        row += [1.0 if j == 0 and code == c else 0.0 for c in range(3)]
+        row += [float(np.log1p(count)), 1.0 / max(in_session, 1)]
+        rows.append(row)
+    return rows
+
+
+@settings(max_examples=100, deadline=None)
+@given(
+    st.lists(
+        st.lists(
+            st.tuples(st.integers(0, 30), st.sampled_from([*_TYPES, "other"]), st.floats(0.0, 5000.0)),
+            max_size=25,
+        ),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_features_of_many_users_at_once_equal_each_users_own(
+    users: list[list[tuple[int, str, float]]],
+) -> None:
+    """The features of several users' memories, computed together, are each user's own (a
+    plain-Python reference), and the candidates split back to the right user."""
+    model = RepeatModel(RepeatConfig(n_items=8), exclude_types=("purchase",))
+    names = [f"u{n}" for n in range(len(users))]
+    for name, events in zip(names, users, strict=True):
+        ts = 0.0
+        for item, kind, gap in events:
+            ts += gap
+            model._remember(model.users.setdefault(name, _Memory()), item, kind, ts)
+    mems = [model.users.get(name) or _Memory() for name in names]
+    got = model._features(mems)
+    want = [
+        row
+        for mem in mems
+        for row in _naive_features(mem.ts, mem.last_type, mem.count, model.config.session_gap_s)
+    ]
+    assert got.shape == (len(want), len(FEATURES))
+    assert np.allclose(got, np.array(want).reshape(got.shape), rtol=1e-12, atol=0.0)
+    for mem, (items, p) in zip(mems, model.candidates(names), strict=True):
+        allowed = [i for i, ex in zip(mem.idx, mem.excluded, strict=True) if not ex]
+        assert items.tolist() == allowed and p.shape == items.shape
