@@ -15,7 +15,9 @@ batch costs a candidate set, features, a ranking and a list, so small batches (w
 almost every event is a new user) cost far more per event than large ones (where a user's
 session falls into one batch): the maximum rate, measured with full batches, is not what
 small batches keep up with. The table says, for 25/50/90% of the largest keep-up rate
-measured, which batch size keeps up and the latency floor it implies.
+measured, which batch size keeps up and the latency floor it implies, and its last line
+fits a batch's CPU as a fixed part + a part per distinct user + a part per event (least
+squares over the sizes: `cost_model`).
 
 >>> keep_up({50: 0.04, 2000: 0.5}) == {50: 1250.0, 2000: 4000.0}
 True
@@ -30,6 +32,8 @@ from __future__ import annotations
 import argparse
 from dataclasses import replace
 from typing import Any
+
+import numpy as np
 
 from streams.bench_scoring import report, run_scoring_bench
 from streams.config import Settings
@@ -47,6 +51,23 @@ def settle(rates: dict[int, float], offered: float) -> int | None:
     """The smallest measured batch size that keeps up with `offered` events/s (None: none)."""
     fits = [b for b, r in sorted(rates.items()) if r >= offered]
     return fits[0] if fits else None
+
+
+def cost_model(rows: list[dict[str, Any]]) -> dict[str, float] | None:
+    """Least-squares fit of CPU ms per batch = a fixed part + per distinct user + per event,
+    over the measured sizes (None with fewer than three).
+
+    >>> fit = cost_model([{"batch": b, "lists_per_event": u / b, "cpu_ms_per_batch": 10 + 1.0 * u + 0.3 * b}
+    ...                   for b, u in [(25, 24), (100, 78), (500, 220), (2000, 441)]])
+    >>> {k: round(v, 6) for k, v in fit.items()}
+    {'ms_per_batch': 10.0, 'ms_per_user': 1.0, 'ms_per_event': 0.3}
+    """
+    if len(rows) < 3:
+        return None
+    design = np.array([[1.0, r["lists_per_event"] * r["batch"], r["batch"]] for r in rows])
+    cost = np.array([r["cpu_ms_per_batch"] for r in rows])
+    fixed, per_user, per_event = np.linalg.lstsq(design, cost, rcond=None)[0].tolist()
+    return {"ms_per_batch": fixed, "ms_per_user": per_user, "ms_per_event": per_event}
 
 
 def run(
@@ -84,7 +105,14 @@ def run(
         b = settle(rates, offered)
         floor = None if b is None else 2e3 * b / offered
         loads.append({"share": share, "offered_per_s": offered, "batch": b, "latency_floor_ms": floor})
-    return {"users": users, "items": items, "sizes": rows, "max_keep_up_per_s": top, "loads": loads}
+    return {
+        "users": users,
+        "items": items,
+        "sizes": rows,
+        "max_keep_up_per_s": top,
+        "loads": loads,
+        "cost_model": cost_model(rows),
+    }
 
 
 def format_table(result: dict[str, Any]) -> str:
@@ -106,6 +134,12 @@ def format_table(result: dict[str, Any]) -> str:
         )
         lines.append(f"{load['share']:.0%} of {result['max_keep_up_per_s']:,.0f}/s "
                      f"({load['offered_per_s']:,.0f}/s): {where}")  # fmt: skip
+    fit = result.get("cost_model")
+    if fit is not None:
+        lines.append(
+            f"cost of a batch (least squares over the sizes): {fit['ms_per_batch']:.1f} ms + "
+            f"{fit['ms_per_user']:.3f} ms a distinct user + {fit['ms_per_event']:.3f} ms an event"
+        )
     return "\n".join(lines)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 
@@ -79,15 +80,18 @@ def test_bench_batches_prints_the_cost_of_each_batch_size(settings, monkeypatch,
 
     monkeypatch.setenv("FRESHREC_REDIS_URL", settings.redis_url)
     out = tmp_path / "batches.json"
-    argv = ["--sizes", "10,50", "--users", "200", "--items", "100", "--events", "400", "--warmup", "200"]
+    argv = ["--sizes", "10,30,50", "--users", "200", "--items", "100", "--events", "400", "--warmup", "200"]
     assert bench_batches.main([*argv, "--json", str(out)]) == 0
     assert "keeps up with" in capsys.readouterr().out
     result = json.loads(out.read_text())
-    assert [row["batch"] for row in result["sizes"]] == [10, 50]
+    assert [row["batch"] for row in result["sizes"]] == [10, 30, 50]
     for row in result["sizes"]:
         assert row["cpu_us_per_event"] > 0 and 0 < row["lists_per_event"] <= 1
         assert row["keeps_up_with_per_s"] > 0
     assert [load["share"] for load in result["loads"]] == [0.25, 0.5, 0.9]
+    fit = result["cost_model"]  # fixed + per user + per event, fitted over the three sizes
+    assert set(fit) == {"ms_per_batch", "ms_per_user", "ms_per_event"}
+    assert all(math.isfinite(v) for v in fit.values())
 
 
 def test_a_busier_world_keeps_its_users_events_apart() -> None:
