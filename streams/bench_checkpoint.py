@@ -8,10 +8,14 @@ state again in fresh child processes, alternating the two ways:
 
 - `one-shot`: `zlib.compress(pickle.dumps(state), 1)`, as checkpoints were made before: the
   whole pickle, the pickler's growing buffer and the compressed copy live at once;
-- `streamed`: `streams.checkpoint.encode`, the pickle written straight into the compressor.
+- `streamed`: `streams.checkpoint.encode`, the pickle written straight into the compressor;
+- `forked`: `ModelCheckpoints.fork_snapshot`, the worker's periodic way: a forked child
+  encodes (streamed) and pipes the blob back; the worker only pauses to fork.
 
-Per run: seconds, the blob's bytes, and the peak RSS above the RSS before the encoding
-(Linux: `VmHWM` reset through `/proc/self/clear_refs` once the state is loaded).
+Per run: seconds to the blob, the pause (the whole encoding, but only the fork for
+`forked`), the blob's bytes, and the peak RSS above the RSS before the encoding in the
+process that holds the model (Linux: `VmHWM` reset through `/proc/self/clear_refs` once the
+state is loaded).
 """
 
 from __future__ import annotations
@@ -29,10 +33,11 @@ from typing import Any
 
 import redis
 
-from streams.checkpoint import MAGIC, decode, encode
+from scoring.recommender import Recommender
+from streams.checkpoint import MAGIC, ModelCheckpoints, decode, encode
 from streams.config import Settings
 
-WAYS = ("one-shot", "streamed")
+WAYS = ("one-shot", "streamed", "forked")
 
 
 def vm_bytes(field: str) -> int:
@@ -50,16 +55,24 @@ def reset_peak_rss() -> None:
         refs.write("5")
 
 
-def measure(state: dict[str, Any], way: str) -> dict[str, Any]:
-    """Encode `state` one way; seconds, bytes and the peak RSS above the start (this process)."""
+def measure(recommender: Recommender, way: str) -> dict[str, Any]:
+    """Encode the model one way; seconds, the pause, bytes and the peak RSS above the start
+    (this process)."""
     reset_peak_rss()
     before = vm_bytes("VmRSS")
     started = time.perf_counter()
-    blob = zlib.compress(pickle.dumps(state, protocol=5), 1) if way == "one-shot" else encode(state)
+    if way == "forked":
+        collect = ModelCheckpoints.fork_snapshot(recommender)
+        pause = time.perf_counter() - started
+        blob = collect()[0]
+    else:
+        state = recommender.state()
+        blob = zlib.compress(pickle.dumps(state, protocol=5), 1) if way == "one-shot" else encode(state)
     seconds = time.perf_counter() - started
     return {
         "way": way,
         "seconds": seconds,
+        "pause_s": pause if way == "forked" else seconds,
         "bytes": len(blob),
         "peak_above_mb": (vm_bytes("VmHWM") - before) / 1e6,
         "rss_before_mb": before / 1e6,
@@ -67,8 +80,8 @@ def measure(state: dict[str, Any], way: str) -> dict[str, Any]:
 
 
 def _child(path: str, way: str) -> None:
-    state = decode(Path(path).read_bytes())
-    print(json.dumps(measure(state, way)))
+    recommender = Recommender.from_state(decode(Path(path).read_bytes()))
+    print(json.dumps(measure(recommender, way)))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,7 +114,8 @@ def main(argv: list[str] | None = None) -> int:
                 runs.append(json.loads(out.splitlines()[-1]))
                 r = runs[-1]
                 print(
-                    f"{way:<9} {r['seconds']:6.2f} s  blob {r['bytes'] / 1e6:6.1f} MB  "
+                    f"{way:<9} {r['seconds']:6.2f} s (pause {r['pause_s'] * 1e3:6.1f} ms)  "
+                    f"blob {r['bytes'] / 1e6:6.1f} MB  "
                     f"peak +{r['peak_above_mb']:6.1f} MB over {r['rss_before_mb']:,.0f} MB",
                     flush=True,
                 )
@@ -113,6 +127,7 @@ def main(argv: list[str] | None = None) -> int:
         mine = [r for r in runs if r["way"] == way]
         print(
             f"  {way:<9} {statistics.median(r['seconds'] for r in mine):.2f} s, "
+            f"pause {1e3 * statistics.median(r['pause_s'] for r in mine):.1f} ms, "
             f"peak +{statistics.median(r['peak_above_mb'] for r in mine):.1f} MB"
         )
     if args.json:

@@ -23,24 +23,33 @@ Keys (`<ns>` = the Feast project, `<group>` = the consumer group):
 - `<ns>:models:<group>`: a hash worker id -> JSON summary (events learned, offsets, bytes,
   when it was written), so tools can list checkpoints without loading them.
 
-Both are written in one MULTI/EXEC. The blob is a pickle: Redis must be trusted as much as
-the worker's own code (it is the same deployment).
+The worker's periodic checkpoints come from `ModelCheckpoints.fork_snapshot`: a forked child
+(a copy-on-write image of the model at that moment) encodes it and pipes the blob back, so
+the worker pauses only for the fork (`FRESHREC_CHECKPOINT_FORK=false`: `snapshot`, in the
+worker between batches). Both keys are written in one MULTI/EXEC. The blob is a pickle:
+Redis must be trusted as much as the worker's own code (it is the same deployment).
 """
 
 from __future__ import annotations
 
+import ctypes
 import json
 import logging
+import os
 import pickle
+import signal
 import socket
 import time
+import traceback
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import redis
 
 from scoring.recommender import Recommender
+from streams.errors import FreshrecError
 
 log = logging.getLogger("freshrec.checkpoint")
 
@@ -83,6 +92,49 @@ class ModelCheckpoints:
         blob = encode(recommender.state())
         summary = {"events_learned": recommender.events_learned, "offsets": dict(recommender.offsets)}
         return blob, summary, time.perf_counter() - started
+
+    @staticmethod
+    def fork_snapshot(recommender: Recommender) -> Callable[[], tuple[bytes, dict[str, Any], float]]:
+        """`snapshot` without pausing this process for it: a forked child (a copy-on-write
+        image of the model as it is now) pickles and compresses the state and streams the
+        blob back through a pipe, while this process goes on learning. Returns `collect`,
+        to call from any thread: it reads the blob, reaps the child and returns what
+        `snapshot` returns (the seconds from the fork to the blob); it raises
+        `SnapshotFailed` if the child did not deliver one. The child dies with this process
+        (Linux: `PR_SET_PDEATHSIG`). Raises OSError when this process cannot fork (the
+        caller then snapshots in-process)."""
+        started = time.perf_counter()
+        summary = {"events_learned": recommender.events_learned, "offsets": dict(recommender.offsets)}
+        parent = os.getpid()
+        read_end, write_end = os.pipe()
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            status = 1
+            try:
+                os.close(read_end)
+                _die_with_parent()
+                if os.getppid() == parent:  # (the parent did not die before the line above)
+                    with os.fdopen(write_end, "wb") as out:
+                        out.write(encode(recommender.state()))
+                    status = 0
+            except BaseException:  # noqa: BLE001 (the child reports any failure, then exits)
+                traceback.print_exc()
+            finally:
+                os._exit(status)
+        os.close(write_end)
+
+        def collect() -> tuple[bytes, dict[str, Any], float]:
+            with os.fdopen(read_end, "rb") as pipe:
+                blob = pipe.read()
+            _, status = os.waitpid(pid, 0)
+            if status != 0 or not blob.startswith(MAGIC):
+                raise SnapshotFailed(
+                    f"model checkpoint: the forked snapshot (pid {pid}) failed (wait status {status}, "
+                    f"{len(blob)} bytes received); the next checkpoint is taken in-process"
+                )
+            return blob, summary, time.perf_counter() - started
+
+        return collect
 
     def write(self, blob: bytes, summary: dict[str, Any], seconds: float = 0.0) -> CheckpointInfo:
         """Store a `snapshot`'s blob with its summary in one MULTI/EXEC."""
@@ -128,6 +180,20 @@ class ModelCheckpoints:
             time.perf_counter() - started,
         )
         return recommender, info
+
+
+class SnapshotFailed(FreshrecError, RuntimeError):
+    """A forked checkpoint snapshot delivered no blob (the child failed or was killed)."""
+
+
+def _die_with_parent() -> None:
+    """Ask Linux to kill this (forked) process when its parent dies: a snapshot must not
+    outlive the worker and write an old model after a newer one. Elsewhere: nothing."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (AttributeError, OSError):
+        pass
 
 
 class _Deflater:

@@ -86,6 +86,9 @@ class Settings:
     metrics_port: int = 9400
     worker_id: str = ""
     checkpoint_interval_s: float = 60.0
+    #: pickle the periodic checkpoints in a forked child (copy-on-write): the worker does not
+    #: pause for them (false: in the worker, between batches)
+    checkpoint_fork: bool = True
     stack_dir: str = ".stack"
     kafka_controller_port: int = 9093
 

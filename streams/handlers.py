@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import logging
+import os
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -16,7 +19,7 @@ from profiles.updater import BatchOutcome, ProfileUpdater
 from profiles.user_state import ProfileConfig
 from scoring.recommender import Recommender, RecommenderConfig
 from scoring.rerank import RerankConfig
-from streams.checkpoint import CheckpointInfo, ModelCheckpoints
+from streams.checkpoint import CheckpointInfo, ModelCheckpoints, SnapshotFailed
 from streams.config import Settings
 from streams.errors import ConfigError
 from streams.memory import release_free_memory
@@ -93,6 +96,8 @@ class HandlerStats:
     relearned_events: int = 0
     checkpoints: int = 0
     last_checkpoint: CheckpointInfo | None = None
+    #: seconds the last periodic checkpoint stopped the worker for (a fork, or the whole pickle)
+    checkpoint_pause_s: float = 0.0
     restored_from: CheckpointInfo | None = None
     #: how many values each timing series has received in all (the lists keep the latest)
     recorded: dict[str, int] = field(default_factory=dict)
@@ -146,6 +151,8 @@ class ProfileHandler:
         self._checkpointed_events = -1
         self._checkpoint_thread = ThreadPoolExecutor(1, thread_name_prefix="checkpoint")
         self._checkpoint_writing: Future[CheckpointInfo] | None = None
+        #: periodic checkpoints pickled by a forked child (no pause here; see `streams.checkpoint`)
+        self._fork_checkpoints = settings.checkpoint_fork and hasattr(os, "fork")
         if settings.prequential not in ("batch", "event"):
             raise ConfigError(f"FRESHREC_PREQUENTIAL={settings.prequential!r}: expected batch or event")
         if settings.recommend if recommend is None else recommend:
@@ -253,29 +260,56 @@ class ProfileHandler:
 
     def _maybe_checkpoint(self) -> None:
         """Save the models in the background when the interval has passed (pickled and
-        compressed here, written by a thread; at most one save in flight)."""
+        compressed by a forked child, or here with `FRESHREC_CHECKPOINT_FORK=false`; written
+        by a thread; at most one save in flight)."""
         if self._checkpoint_writing is not None:
             if not self._checkpoint_writing.done():
                 return
-            self._checkpoint_done(self._checkpoint_writing.result())
+            self._settle_checkpoint()
         if time.monotonic() - self._checkpointed_at < self.settings.checkpoint_interval_s:
             return
         if self.stage is None or self.checkpoints is None:
             return
-        snapshot = self.checkpoints.snapshot(self.stage.recommender)
+        started = time.perf_counter()
+        checkpoints = self.checkpoints
+        collect: Callable[[], tuple[bytes, dict[str, Any], float]] | None = None
+        if self._fork_checkpoints:
+            try:
+                collect = checkpoints.fork_snapshot(self.stage.recommender)
+            except OSError as exc:  # (no fork here, or no memory for one): in-process from now
+                log.warning("model checkpoint: cannot fork (%s); snapshots in-process from now", exc)
+                self._fork_checkpoints = False
+        if collect is None:
+            snapshot = checkpoints.snapshot(self.stage.recommender)
+            collect = lambda: snapshot  # noqa: E731
+        self.stats.checkpoint_pause_s = time.perf_counter() - started
         self._checkpointed_at = time.monotonic()
-        self._checkpoint_writing = self._checkpoint_thread.submit(self.checkpoints.write, *snapshot)
+        self._checkpoint_writing = self._checkpoint_thread.submit(lambda: checkpoints.write(*collect()))
 
     def checkpoint(self) -> CheckpointInfo | None:
         """Save the models with the offsets they learned, now (see `streams.checkpoint`)."""
         if self.stage is None or self.checkpoints is None:
             return None
-        if self._checkpoint_writing is not None:  # the older one first: never overwrite newer
-            self._checkpoint_done(self._checkpoint_writing.result())
+        self._settle_checkpoint()  # the older one first: never overwrite newer
         info = self.checkpoints.save(self.stage.recommender)
         self._checkpointed_at = time.monotonic()
         self._checkpoint_done(info)
         return info
+
+    def _settle_checkpoint(self) -> None:
+        """Wait for the save in flight, if any. A forked snapshot that failed is logged, and
+        the following ones are taken in-process (the next interval saves the model again)."""
+        writing = self._checkpoint_writing
+        if writing is None:
+            return
+        try:
+            info = writing.result()
+        except SnapshotFailed as exc:
+            log.error("%s", exc)
+            self._checkpoint_writing = None
+            self._fork_checkpoints = False
+            return
+        self._checkpoint_done(info)
 
     def _checkpoint_done(self, info: CheckpointInfo) -> None:
         """Count a save, then hand the heap pages its buffers freed back (`malloc_trim`)."""

@@ -71,7 +71,7 @@ class WorkerMetrics:
         self.model = Gauge(
             "freshrec_model",
             "Models: events learned, re-learned after a restore, users held, item-kNN pairs held and "
-            "their blocks' bytes, last checkpoint's bytes and seconds",
+            "their blocks' bytes, last checkpoint's bytes, seconds and the worker's pause for it",
             ["what"],
             registry=r,
         )
@@ -136,6 +136,7 @@ class WorkerMetrics:
             if checkpoint is not None:
                 self.model.labels("checkpoint_bytes").set(checkpoint.bytes)
                 self.model.labels("checkpoint_seconds").set(checkpoint.seconds)
+                self.model.labels("checkpoint_pause_seconds").set(getattr(hstats, "checkpoint_pause_s", 0.0))
                 self.model.labels("checkpoint_events_learned").set(checkpoint.events_learned)
         stage = getattr(handler, "stage", None)
         if stage is not None:

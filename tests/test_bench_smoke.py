@@ -158,3 +158,32 @@ def test_lists_scored_in_chunks_of_users_give_the_same_figures(settings):
     for key in ("hr", "ndcg"):
         for model, value in runs[0][key].items():
             assert runs[1][key][model] == pytest.approx(value, abs=0.005), (key, model)
+
+
+def test_bench_checkpoint_encodes_a_model_the_three_ways(tmp_path, capsys):
+    """`python -m streams.bench_checkpoint --file`: each way's seconds, pause, bytes and
+    memory peak; the forked way pauses only for the fork and gives the same blob."""
+    import numpy as np
+
+    from scoring.recommender import Recommender, RecommenderConfig
+    from scoring.types import CandidateInputs, Interaction, UserContext
+    from streams import bench_checkpoint
+    from streams.checkpoint import encode
+
+    rec = Recommender(RecommenderConfig(dim=2, explore=False))
+    for item, vector in [("a", [1.0, 0.0]), ("b", [0.0, 1.0])]:
+        rec.add_item(item, np.array(vector), ("x",))
+    ctx = UserContext("u", ts=1.0, recent_items=("a",), n_events=1)
+    for off in range(5):
+        event = Interaction("u", "b", 2.0 + off, "click")
+        rec.learn(event, ctx, CandidateInputs({}, []), position=("e:0", off))
+    blob = tmp_path / "model.blob"
+    blob.write_bytes(encode(rec.state()))
+    out = tmp_path / "checkpoint.json"
+    assert bench_checkpoint.main(["--file", str(blob), "--rounds", "1", "--json", str(out)]) == 0
+    assert "medians" in capsys.readouterr().out
+    runs = {r["way"]: r for r in json.loads(out.read_text())["runs"]}
+    assert set(runs) == {"one-shot", "streamed", "forked"}
+    assert runs["forked"]["bytes"] == runs["streamed"]["bytes"]  # the child encodes the same way
+    assert runs["streamed"]["pause_s"] == runs["streamed"]["seconds"]
+    assert 0 < runs["forked"]["pause_s"] <= runs["forked"]["seconds"]

@@ -17,7 +17,7 @@ import pytest
 
 from scoring.recommender import Recommender, RecommenderConfig
 from scoring.types import CandidateInputs, Interaction, UserContext
-from streams.checkpoint import ModelCheckpoints, decode
+from streams.checkpoint import ModelCheckpoints, SnapshotFailed, decode, encode
 from streams.config import Settings
 from streams.contract import decode_event, decode_item
 from streams.errors import Coordinates
@@ -59,6 +59,33 @@ def test_save_then_load_and_a_new_worker_warm_starts_from_the_most_advanced(sett
     assert set(mine.summaries()) == {"w1", "w2"}
     with pytest.raises(ValueError, match="not a freshrec model checkpoint"):
         decode(b"{}")
+
+
+def test_a_forked_snapshot_holds_the_model_as_it_was_at_the_fork(settings: Settings):
+    """The periodic checkpoint's child pickles the model as it was when it forked, while the
+    worker goes on learning; its blob is the one an in-process snapshot makes, and loads."""
+    rec = _small_model(3)
+    expected = encode(rec.state())
+    collect = ModelCheckpoints.fork_snapshot(rec)
+    ctx = UserContext("u", ts=1.0, recent_items=("a",), n_events=1)
+    for off in range(3, 8):  # the worker goes on learning meanwhile
+        event = Interaction("u", "a", 9.0 + off, "view")
+        rec.learn(event, ctx, CandidateInputs({}, []), position=("e:0", off))
+    blob, summary, seconds = collect()
+    assert blob == expected and seconds > 0
+    assert summary == {"events_learned": 3, "offsets": {"e:0": 2}}
+    mine = ModelCheckpoints(make_store(settings).client, settings.feast_project, settings.group_id, "w1")
+    mine.write(blob, summary, seconds)
+    loaded, _ = mine.load() or pytest.fail("no checkpoint")
+    assert (loaded.events_learned, loaded.offsets) == (3, {"e:0": 2})
+    assert rec.events_learned == 8
+
+
+def test_a_forked_snapshot_that_fails_is_a_clear_error() -> None:
+    rec = _small_model(1)
+    rec.repeat.unpicklable = lambda: None  # type: ignore[attr-defined]
+    with pytest.raises(SnapshotFailed, match=r"forked snapshot \(pid \d+\) failed .*in-process"):
+        ModelCheckpoints.fork_snapshot(rec)()
 
 
 def _start(settings: Settings, log: Path, interval_s: str) -> subprocess.Popen[bytes]:
