@@ -37,6 +37,7 @@ import json
 import logging
 import os
 import pickle
+import select
 import signal
 import socket
 import time
@@ -54,6 +55,8 @@ from streams.errors import FreshrecError
 log = logging.getLogger("freshrec.checkpoint")
 
 MAGIC = b"freshrec-model/1\n"
+#: seconds a forked snapshot may take before it is killed (a checkpoint takes ~1 s)
+SNAPSHOT_TIMEOUT_S = 300.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,7 +103,8 @@ class ModelCheckpoints:
         blob back through a pipe, while this process goes on learning. Returns `collect`,
         to call from any thread: it reads the blob, reaps the child and returns what
         `snapshot` returns (the seconds from the fork to the blob); it raises
-        `SnapshotFailed` if the child did not deliver one. The child dies with this process
+        `SnapshotFailed` if the child did not deliver one (a child not done within
+        `timeout_s` is killed). The child dies with this process
         (Linux: `PR_SET_PDEATHSIG`). Raises OSError when this process cannot fork (the
         caller then snapshots in-process)."""
         started = time.perf_counter()
@@ -123,9 +127,17 @@ class ModelCheckpoints:
                 os._exit(status)
         os.close(write_end)
 
-        def collect() -> tuple[bytes, dict[str, Any], float]:
-            with os.fdopen(read_end, "rb") as pipe:
-                blob = pipe.read()
+        def collect(timeout_s: float = SNAPSHOT_TIMEOUT_S) -> tuple[bytes, dict[str, Any], float]:
+            chunks: list[bytes] = []
+            deadline = time.monotonic() + timeout_s
+            with os.fdopen(read_end, "rb", buffering=0) as pipe:
+                while select.select([pipe], [], [], max(deadline - time.monotonic(), 0.0))[0]:
+                    if not (chunk := pipe.read(1 << 20)):
+                        break  # the child closed its end
+                    chunks.append(chunk)
+                else:
+                    os.kill(pid, signal.SIGKILL)  # not done by the deadline: stuck
+            blob = b"".join(chunks)
             _, status = os.waitpid(pid, 0)
             if status != 0 or not blob.startswith(MAGIC):
                 raise SnapshotFailed(

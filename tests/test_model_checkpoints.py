@@ -88,6 +88,16 @@ def test_a_forked_snapshot_that_fails_is_a_clear_error() -> None:
         ModelCheckpoints.fork_snapshot(rec)()
 
 
+def test_a_stuck_forked_snapshot_is_killed_at_its_deadline() -> None:
+    rec = _small_model(1)
+    rec.state = lambda: time.sleep(30)  # type: ignore[method-assign,assignment,return-value]
+    collect = ModelCheckpoints.fork_snapshot(rec)
+    started = time.monotonic()
+    with pytest.raises(SnapshotFailed, match=r"wait status 9, 0 bytes"):
+        collect(0.5)
+    assert time.monotonic() - started < 20
+
+
 def _start(settings: Settings, log: Path, interval_s: str) -> subprocess.Popen[bytes]:
     env = worker_env(
         settings,
