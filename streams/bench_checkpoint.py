@@ -4,7 +4,7 @@
     python -m streams.bench_checkpoint --file model.blob [--json OUT]
 
 Loads a checkpoint (a worker's, from Redis, or a blob saved to a file), then encodes its
-state again in fresh child processes, alternating the two ways:
+state again in fresh child processes, alternating the three ways:
 
 - `one-shot`: `zlib.compress(pickle.dumps(state), 1)`, as checkpoints were made before: the
   whole pickle, the pickler's growing buffer and the compressed copy live at once;

@@ -23,10 +23,10 @@ Keys (`<ns>` = the Feast project, `<group>` = the consumer group):
 - `<ns>:models:<group>`: a hash worker id -> JSON summary (events learned, offsets, bytes,
   when it was written), so tools can list checkpoints without loading them.
 
-The worker's periodic checkpoints come from `ModelCheckpoints.fork_snapshot`: a forked child
-(a copy-on-write image of the model at that moment) encodes it and pipes the blob back, so
-the worker pauses only for the fork (`FRESHREC_CHECKPOINT_FORK=false`: `snapshot`, in the
-worker between batches). Both keys are written in one MULTI/EXEC. The blob is a pickle:
+The worker's periodic checkpoints come from `ModelCheckpoints.snapshot`, between batches;
+with `FRESHREC_CHECKPOINT_FORK=true` from `fork_snapshot`: a forked child (a copy-on-write
+image of the model at that moment) encodes it and pipes the blob back, so the worker pauses
+only for the fork. Both keys are written in one MULTI/EXEC. The blob is a pickle:
 Redis must be trusted as much as the worker's own code (it is the same deployment).
 """
 

@@ -88,7 +88,7 @@ class Settings:
     checkpoint_interval_s: float = 60.0
     #: pickle the periodic checkpoints in a forked child (copy-on-write): the worker does not
     #: pause for them (false: in the worker, between batches)
-    checkpoint_fork: bool = True
+    checkpoint_fork: bool = False
     stack_dir: str = ".stack"
     kafka_controller_port: int = 9093
 

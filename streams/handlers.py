@@ -260,7 +260,7 @@ class ProfileHandler:
 
     def _maybe_checkpoint(self) -> None:
         """Save the models in the background when the interval has passed (pickled and
-        compressed by a forked child, or here with `FRESHREC_CHECKPOINT_FORK=false`; written
+        compressed here, or by a forked child with `FRESHREC_CHECKPOINT_FORK=true`; written
         by a thread; at most one save in flight)."""
         if self._checkpoint_writing is not None:
             if not self._checkpoint_writing.done():

@@ -105,6 +105,7 @@ def _start(settings: Settings, log: Path, interval_s: str) -> subprocess.Popen[b
         FRESHREC_METRICS_PORT="0",
         FRESHREC_WORKER_ID="w1",
         FRESHREC_CHECKPOINT_INTERVAL_S=interval_s,
+        FRESHREC_CHECKPOINT_FORK="true",  # the forked snapshot, through a kill -9 and a restart
         FRESHREC_LOG_LEVEL="INFO",
     )
     with log.open("ab") as out:
