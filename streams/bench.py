@@ -35,6 +35,7 @@ import os
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -656,6 +657,7 @@ def run_rss(
             # the window after the warm-up (steady state; it ends where the whole run does)
             **{f"after_warmup_{k}": v for k, v in steady.items() if k != "last_mb"},
             "window_starts_s": round(window_began - began, 1),
+            "after_warmup_minute_medians_mb": minute_medians(window),
             "latency_ms": percentiles(outputs.latencies(report.started_ms)),
             "events_sent": sent - opts.events,
             "recycled": sent > len(pool),
@@ -664,6 +666,21 @@ def run_rss(
             "model_users_at_end": _model_users(run.settings, say),
             "samples_mb": every,
         }
+
+
+def minute_medians(series: Sequence[tuple[float, float]]) -> list[float]:
+    """The median of each whole or partial minute of RSS samples (seconds, MB), from the first.
+
+    >>> minute_medians([(0.0, 100.0), (30.0, 104.0), (59.0, 101.0), (61.0, 110.0), (90.0, 108.0)])
+    [101.0, 109.0]
+    """
+    if not series:
+        return []
+    start = series[0][0]
+    minutes: dict[int, list[float]] = {}
+    for t, mb in series:
+        minutes.setdefault(int((t - start) // 60), []).append(mb)
+    return [round(statistics.median(v), 1) for _, v in sorted(minutes.items())]
 
 
 def rss_growth(series: Sequence[tuple[float, float]]) -> dict[str, Any]:
@@ -945,6 +962,9 @@ def format_table(result: dict[str, Any]) -> str:
             f"{r['after_warmup_max_mb']:,.0f} MB ({r['after_warmup_max_over_first_pct']:+.1f}%): "
             f"{'flat' if r['after_warmup_flat_within_10pct'] else 'NOT flat'} within 10%"
         )
+        if r.get("after_warmup_minute_medians_mb"):
+            medians = ", ".join(f"{mb:,.0f}" for mb in r["after_warmup_minute_medians_mb"])
+            lines.append(f"RSS after the warm-up, the median of each minute: {medians} MB")
     for name, t in result["targets"].items():
         met = {True: "met", False: "MISSED", None: "not measured here"}[t["met"]]
         measured = "-" if t["measured"] is None else f"{t['measured']:,.2f}"
