@@ -148,14 +148,13 @@ class RepeatModel:
     def _features(self, mems: Sequence[_Memory]) -> FloatArray:
         """The feature rows of every remembered item of `mems`, one memory after another
         (each most recent first), computed for all of them at once."""
-        sizes = [len(mem.idx) for mem in mems]
-        n = sum(sizes)
+        which = _memory_of_rows(mems)
+        n = which.shape[0]
         x = np.zeros((n, len(FEATURES)))
         if n == 0:
             return x
-        which = np.repeat(np.arange(len(mems)), sizes)  # each row's memory
         first = np.zeros(len(mems), np.int64)  # each memory's first (latest) row
-        np.cumsum(sizes[:-1], out=first[1:])
+        np.cumsum(np.bincount(which, minlength=len(mems))[:-1], out=first[1:])
         pos = np.arange(n) - first[which]
         latest = pos == 0
         # time since each item's last event, at the user's last event (not the next one's)
@@ -198,7 +197,7 @@ class RepeatModel:
         z = self._features(mems)[ok] @ self.w
         p = 1.0 / (1.0 + np.exp(-np.clip(z, -30.0, 30.0)))
         items = np.array([i for mem in mems for i in mem.idx], np.int64)[ok]
-        which = np.repeat(np.arange(len(mems)), [len(mem.idx) for mem in mems])[ok]
+        which = _memory_of_rows(mems)[ok]
         cuts = np.cumsum(np.bincount(which, minlength=len(mems)))[:-1]
         return list(zip(np.split(items, cuts), np.split(p, cuts), strict=True))
 
@@ -338,6 +337,11 @@ class RepeatModel:
         """Drop what is remembered of one user."""
         self.users.pop(user, None)
         self.served.pop(user, None)
+
+
+def _memory_of_rows(mems: Sequence[_Memory]) -> IntArray:
+    """For each row of `RepeatModel._features(mems)`, the index of its memory."""
+    return np.repeat(np.arange(len(mems)), [len(mem.idx) for mem in mems])
 
 
 def merge_lists(

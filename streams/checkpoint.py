@@ -93,8 +93,7 @@ class ModelCheckpoints:
         thread."""
         started = time.perf_counter()
         blob = encode(recommender.state())
-        summary = {"events_learned": recommender.events_learned, "offsets": dict(recommender.offsets)}
-        return blob, summary, time.perf_counter() - started
+        return blob, _summary(recommender), time.perf_counter() - started
 
     @staticmethod
     def fork_snapshot(recommender: Recommender) -> Callable[[], tuple[bytes, dict[str, Any], float]]:
@@ -108,7 +107,7 @@ class ModelCheckpoints:
         (Linux: `PR_SET_PDEATHSIG`). Raises OSError when this process cannot fork (the
         caller then snapshots in-process)."""
         started = time.perf_counter()
-        summary = {"events_learned": recommender.events_learned, "offsets": dict(recommender.offsets)}
+        summary = _summary(recommender)
         parent = os.getpid()
         read_end, write_end = os.pipe()
         pid = os.fork()
@@ -192,6 +191,11 @@ class ModelCheckpoints:
             time.perf_counter() - started,
         )
         return recommender, info
+
+
+def _summary(recommender: Recommender) -> dict[str, Any]:
+    """What a checkpoint's index entry says of the model: events learned and offsets."""
+    return {"events_learned": recommender.events_learned, "offsets": dict(recommender.offsets)}
 
 
 class SnapshotFailed(FreshrecError, RuntimeError):
